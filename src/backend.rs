@@ -1,0 +1,101 @@
+//! The one place that knows which burn device and float type the crate computes with, and how
+//! host [`Points`] become tensors and back.
+//!
+//! burn 0.22 has no backend type parameter: a tensor carries its device, its dtype and whether
+//! autodiff records it. Training uses `Device::flex().autodiff()`; sampling, evaluation and
+//! the Langevin negatives use the plain device (no tape at all).
+
+use burn::tensor::{DType, Device, Tensor, TensorData};
+
+use crate::{EmError, Points, Result};
+
+/// The plain CPU device (burn's pure-Rust `flex` backend), without autodiff.
+pub fn cpu() -> Device {
+    Device::flex()
+}
+
+/// The same device with first-order autodiff enabled.
+pub fn cpu_autodiff() -> Device {
+    Device::flex().autodiff()
+}
+
+/// Float precision of a model or computation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// 32-bit floats (training and sampling).
+    #[default]
+    F32,
+    /// 64-bit floats (derivative checks).
+    F64,
+}
+
+impl Precision {
+    /// The burn dtype.
+    pub fn dtype(self) -> DType {
+        match self {
+            Precision::F32 => DType::F32,
+            Precision::F64 => DType::F64,
+        }
+    }
+}
+
+/// A `[rows, cols]` tensor from row-major f64 values.
+pub fn matrix(
+    values: Vec<f64>,
+    rows: usize,
+    cols: usize,
+    device: &Device,
+    p: Precision,
+) -> Tensor<2> {
+    let data = match p {
+        Precision::F64 => TensorData::new(values, [rows, cols]),
+        Precision::F32 => TensorData::new(
+            values.into_iter().map(|v| v as f32).collect::<Vec<_>>(),
+            [rows, cols],
+        ),
+    };
+    Tensor::from_data(data, (device, p.dtype()))
+}
+
+/// A `[n]` tensor from f64 values.
+pub fn vector(values: Vec<f64>, device: &Device, p: Precision) -> Tensor<1> {
+    let n = values.len();
+    matrix(values, 1, n, device, p).reshape([n])
+}
+
+/// A `[n, dim]` tensor holding the points.
+pub fn from_points(x: &Points, device: &Device, p: Precision) -> Tensor<2> {
+    let data = match p {
+        Precision::F32 => TensorData::new(x.as_slice().to_vec(), [x.len(), x.dim()]),
+        Precision::F64 => TensorData::new(
+            x.as_slice().iter().map(|&v| v as f64).collect::<Vec<_>>(),
+            [x.len(), x.dim()],
+        ),
+    };
+    Tensor::from_data(data, (device, p.dtype()))
+}
+
+/// Reads a tensor's values as f64 (any float dtype).
+pub fn to_f64_vec<const D: usize>(t: Tensor<D>) -> Vec<f64> {
+    t.into_data()
+        .convert::<f64>()
+        .try_into_vec::<f64>()
+        .expect("a float tensor converts to f64")
+}
+
+/// Reads a `[n, dim]` tensor back into points (as f32).
+pub fn to_points(t: Tensor<2>) -> Result<Points> {
+    let [n, d] = t.dims();
+    let v = t
+        .into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .map_err(|e| EmError::shape("to_points", "a float tensor", format!("{e:?}")))?;
+    Points::new(n, d, v)
+}
+
+/// A scalar tensor's value.
+pub fn scalar(t: Tensor<1>) -> f64 {
+    to_f64_vec(t)[0]
+}

@@ -1,0 +1,151 @@
+//! `em bench`: wall-clock medians of the hot paths on this machine, as a Markdown table.
+//! Thread count: `--threads` (sets RAYON_NUM_THREADS before the first parallel call).
+
+use std::time::Instant;
+
+use anyhow::Result;
+use clap::Args;
+
+use energy_matching::backend::{cpu, from_points, Precision};
+use energy_matching::config::RunConfig;
+use energy_matching::coupling::{assignment, sq_euclidean_cost};
+use energy_matching::data::Toy;
+use energy_matching::potential::Potential;
+use energy_matching::rng::{stream, Purpose};
+use energy_matching::run::data_sources;
+use energy_matching::sampler::{step, Drift, SamplerKind};
+use energy_matching::train::Trainer;
+
+/// Benchmark options.
+#[derive(Args)]
+pub struct BenchArgs {
+    /// Worker threads for burn's CPU kernels (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Repetitions per measurement (the median is reported).
+    #[arg(long, default_value_t = 20)]
+    reps: usize,
+    /// Phase-2 steps to time (each runs 200 Langevin steps).
+    #[arg(long, default_value_t = 5)]
+    phase2_reps: usize,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn time_ms(reps: usize, mut f: impl FnMut()) -> f64 {
+    f(); // warm-up
+    median(
+        (0..reps)
+            .map(|_| {
+                let t = Instant::now();
+                f();
+                t.elapsed().as_secs_f64() * 1e3
+            })
+            .collect(),
+    )
+}
+
+/// Runs the benchmarks and prints the table.
+pub fn run(a: BenchArgs) -> Result<()> {
+    if let Some(t) = a.threads {
+        // SAFETY-free in edition 2021: set before any thread pool exists.
+        std::env::set_var("RAYON_NUM_THREADS", t.to_string());
+    }
+    let threads = a
+        .threads
+        .map(|t| t.to_string())
+        .unwrap_or_else(|| "all".into());
+    let mut rows: Vec<(String, f64, String)> = Vec::new();
+
+    for n in [128usize, 256, 1024] {
+        let mut r = stream(1, Purpose::Eval, n as u64);
+        let x0 = Toy::StandardNormal.sample(n, 2, &mut r);
+        let x1 = Toy::TwoMoons.sample(n, 2, &mut r);
+        let cost = sq_euclidean_cost(&x0, &x1);
+        let reps = if n >= 1024 { a.reps.min(5) } else { a.reps };
+        let ms = time_ms(reps, || {
+            std::hint::black_box(assignment::solve(&cost, n));
+        });
+        rows.push((
+            format!("exact OT assignment, n = {n} (f32)"),
+            ms,
+            "ms".into(),
+        ));
+    }
+
+    let cfg = RunConfig::default();
+    let (target, source) = data_sources(&cfg)?;
+    let model = cfg.model.init(0, &cpu(), Precision::F32)?;
+    let mut trainer = Trainer {
+        state: Trainer::fresh_state(model.clone(), &cfg.optim),
+        train: cfg.train.clone(),
+        negatives: cfg.negatives.clone(),
+        optim: cfg.optim.clone(),
+        schedule: cfg.schedule,
+        target,
+        source,
+        seed: 0,
+        precision: Precision::F32,
+    };
+    let ms = time_ms(a.reps, || {
+        trainer.step().expect("benchmark step");
+    });
+    rows.push((
+        "phase-1 step (toy MLP, batch 128, exact OT)".into(),
+        ms,
+        "ms".into(),
+    ));
+    trainer.train.phase1_steps = 0;
+    let ms = time_ms(a.phase2_reps, || {
+        trainer.step().expect("benchmark step");
+    });
+    rows.push((
+        "phase-2 step (+ 200 Langevin steps on 128 negatives)".into(),
+        ms,
+        "ms".into(),
+    ));
+
+    let device = cpu();
+    for b in [128usize, 1024] {
+        let mut r = stream(2, Purpose::Eval, b as u64);
+        let x = from_points(
+            &Toy::EightGaussians.sample(b, 2, &mut r),
+            &device,
+            Precision::F32,
+        );
+        let drift = Drift::new(&model as &dyn Potential);
+        let kick = x.zeros_like();
+        let ms = time_ms(a.reps, || {
+            let y = step(
+                &drift,
+                &cfg.schedule,
+                SamplerKind::EulerMaruyama,
+                x.clone(),
+                1.5,
+                0.01,
+                Some(kick.clone()),
+            );
+            std::hint::black_box(energy_matching::backend::to_points(y).expect("points"));
+        });
+        rows.push((
+            format!("sampler Euler–Maruyama step, batch {b}"),
+            ms,
+            "ms".into(),
+        ));
+        rows.push((
+            format!("  = sampler throughput, batch {b}"),
+            b as f64 / ms * 1e3,
+            "point-steps/s".into(),
+        ));
+    }
+
+    println!("| measurement (threads: {threads}) | value | unit |");
+    println!("|---|---:|---|");
+    for (name, v, unit) in rows {
+        println!("| {name} | {v:.3} | {unit} |");
+    }
+    Ok(())
+}

@@ -1,0 +1,326 @@
+//! Sample-quality metrics: squared energy distance, sliced Wasserstein-2, MMD with an RBF
+//! kernel (median heuristic), and — in 2-D, given a potential — the mean negative
+//! log-likelihood of held-out points under the normalised Boltzmann density exp(−V/ε)/Z
+//! with Z computed on a grid.
+
+use serde::{Deserialize, Serialize};
+
+use crate::backend::{from_points, to_f64_vec, Precision};
+use crate::points::sq_dist;
+use crate::potential::Potential;
+use crate::rng::{normal, stream, Purpose, RngExt};
+use crate::{EmError, Points, Result};
+
+/// Metric values comparing samples with target points.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SampleMetrics {
+    /// Number of samples.
+    pub n_samples: usize,
+    /// Number of target points.
+    pub n_target: usize,
+    /// Squared energy distance 2E‖X−Y‖ − E‖X−X'‖ − E‖Y−Y'‖ (V-statistics over all pairs).
+    pub energy_distance_sq: f64,
+    /// Sliced Wasserstein-2: √(mean over directions of W₂² of the 1-D projections).
+    pub sliced_w2: f64,
+    /// Number of random directions used.
+    pub projections: usize,
+    /// Squared MMD with a Gaussian kernel whose bandwidth is the median pairwise distance.
+    pub mmd_rbf_sq: f64,
+    /// The bandwidth used.
+    pub mmd_bandwidth: f64,
+}
+
+fn mean_pairwise_distance(a: &Points, b: &Points) -> f64 {
+    let mut s = 0.0;
+    for ra in a.rows() {
+        for rb in b.rows() {
+            s += sq_dist(ra, rb).sqrt();
+        }
+    }
+    s / (a.len() as f64 * b.len() as f64)
+}
+
+/// Squared energy distance (V-statistics, all pairs).
+pub fn energy_distance_sq(x: &Points, y: &Points) -> f64 {
+    2.0 * mean_pairwise_distance(x, y) - mean_pairwise_distance(x, x) - mean_pairwise_distance(y, y)
+}
+
+/// W₂² between two 1-D empirical measures with uniform weights, from their sorted values:
+/// ∫₀¹ (F⁻¹(u) − G⁻¹(u))² du computed exactly by merging the quantile steps.
+pub fn w2_sq_1d(a: &[f64], b: &[f64]) -> f64 {
+    let (na, nb) = (a.len() as f64, b.len() as f64);
+    let (mut i, mut j, mut u, mut acc) = (0usize, 0usize, 0.0f64, 0.0);
+    while i < a.len() && j < b.len() {
+        let next_a = (i + 1) as f64 / na;
+        let next_b = (j + 1) as f64 / nb;
+        let next = next_a.min(next_b);
+        acc += (next - u) * (a[i] - b[j]).powi(2);
+        u = next;
+        if next_a <= next {
+            i += 1;
+        }
+        if next_b <= next {
+            j += 1;
+        }
+    }
+    acc
+}
+
+fn random_directions(dim: usize, count: usize, seed: u64) -> Vec<Vec<f64>> {
+    let mut rng = stream(seed, Purpose::Eval, 0x5_12);
+    (0..count)
+        .map(|_| {
+            let v: Vec<f64> = (0..dim).map(|_| normal(&mut rng)).collect();
+            let n = v.iter().map(|x| x * x).sum::<f64>().sqrt().max(1e-12);
+            v.into_iter().map(|x| x / n).collect()
+        })
+        .collect()
+}
+
+fn project(p: &Points, dir: &[f64]) -> Vec<f64> {
+    let mut v: Vec<f64> = p
+        .rows()
+        .map(|r| r.iter().zip(dir).map(|(&a, b)| a as f64 * b).sum())
+        .collect();
+    v.sort_by(f64::total_cmp);
+    v
+}
+
+/// Sliced Wasserstein-2 over `count` random directions drawn from `seed`.
+pub fn sliced_w2(x: &Points, y: &Points, count: usize, seed: u64) -> f64 {
+    let dirs = random_directions(x.dim(), count, seed);
+    let total: f64 = dirs
+        .iter()
+        .map(|d| w2_sq_1d(&project(x, d), &project(y, d)))
+        .sum();
+    (total / count as f64).sqrt()
+}
+
+/// Median pairwise distance over at most 1,000 points of `x ∪ y`.
+pub fn median_distance(x: &Points, y: &Points) -> f64 {
+    let take = |p: &Points, k: usize| p.slice_rows(0, p.len().min(k));
+    let z = take(x, 500).concat(&take(y, 500)).expect("same dimension");
+    let mut d = Vec::new();
+    for i in 0..z.len() {
+        for j in i + 1..z.len() {
+            d.push(sq_dist(z.row(i), z.row(j)).sqrt());
+        }
+    }
+    if d.is_empty() {
+        return 1.0;
+    }
+    d.sort_by(f64::total_cmp);
+    d[d.len() / 2].max(1e-12)
+}
+
+/// Squared MMD (V-statistics) with k(a,b) = exp(−‖a−b‖²/(2h²)).
+pub fn mmd_rbf_sq(x: &Points, y: &Points, h: f64) -> f64 {
+    let g = 1.0 / (2.0 * h * h);
+    let k = |a: &Points, b: &Points| {
+        let mut s = 0.0;
+        for ra in a.rows() {
+            for rb in b.rows() {
+                s += (-g * sq_dist(ra, rb)).exp();
+            }
+        }
+        s / (a.len() as f64 * b.len() as f64)
+    };
+    k(x, x) + k(y, y) - 2.0 * k(x, y)
+}
+
+/// Evenly spaced subsample of at most `k` rows.
+fn thin(p: &Points, k: usize) -> Points {
+    if p.len() <= k {
+        return p.clone();
+    }
+    let idx: Vec<usize> = (0..k).map(|i| i * p.len() / k).collect();
+    p.select(&idx)
+}
+
+/// All sample metrics; the O(n²) ones (energy distance uses all points up to `max_pairwise`
+/// per set, MMD likewise) are computed on evenly thinned sets beyond that.
+pub fn compare(
+    samples: &Points,
+    target: &Points,
+    projections: usize,
+    max_pairwise: usize,
+    seed: u64,
+) -> Result<SampleMetrics> {
+    if samples.is_empty() || target.is_empty() {
+        return Err(EmError::invalid(
+            "metrics input",
+            "non-empty sample and target sets",
+            format!("{} and {} points", samples.len(), target.len()),
+        ));
+    }
+    target.expect_dim(samples.dim(), "metrics (target vs samples)")?;
+    samples.check_finite("samples")?;
+    target.check_finite("target")?;
+    let (xs, ys) = (
+        thin(samples, max_pairwise),
+        thin(target, max_pairwise.max(1) * 4),
+    );
+    let h = median_distance(samples, target);
+    let (xm, ym) = (
+        thin(samples, max_pairwise.min(2000)),
+        thin(target, max_pairwise.min(2000)),
+    );
+    Ok(SampleMetrics {
+        n_samples: samples.len(),
+        n_target: target.len(),
+        energy_distance_sq: energy_distance_sq(&xs, &ys),
+        sliced_w2: sliced_w2(samples, target, projections, seed),
+        projections,
+        mmd_rbf_sq: mmd_rbf_sq(&xm, &ym, h),
+        mmd_bandwidth: h,
+    })
+}
+
+/// Mean NLL of `points` under exp(−V/ε)/Z in 2-D, Z by a `grid × grid` Riemann sum over the
+/// bounding box of `points` widened by `margin` on each side.
+pub fn grid_nll_2d(
+    potential: &dyn Potential,
+    epsilon: f64,
+    points: &Points,
+    grid: usize,
+    margin: f64,
+) -> Result<f64> {
+    points.expect_dim(2, "grid NLL (2-D only)")?;
+    if potential.dim() != 2 {
+        return Err(EmError::shape(
+            "grid NLL",
+            "a 2-D potential",
+            format!("dimension {}", potential.dim()),
+        ));
+    }
+    if !(epsilon.is_finite() && epsilon > 0.0) {
+        return Err(EmError::invalid("epsilon", "a temperature > 0", epsilon));
+    }
+    let (mut lo, mut hi) = ([f64::INFINITY; 2], [f64::NEG_INFINITY; 2]);
+    for r in points.rows() {
+        for k in 0..2 {
+            lo[k] = lo[k].min(r[k] as f64 - margin);
+            hi[k] = hi[k].max(r[k] as f64 + margin);
+        }
+    }
+    let (grid_pts, cell) = grid_points(lo, hi, grid);
+    let v = energies(potential, &grid_pts)?;
+    let logits: Vec<f64> = v.iter().map(|e| -e / epsilon).collect();
+    let mx = logits.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    let log_z = mx + logits.iter().map(|l| (l - mx).exp()).sum::<f64>().ln() + cell.ln();
+    let vp = energies(potential, points)?;
+    Ok(vp.iter().map(|e| e / epsilon + log_z).sum::<f64>() / vp.len() as f64)
+}
+
+/// Cell-centred grid over [lo, hi]; returns the points and the cell area.
+pub fn grid_points(lo: [f64; 2], hi: [f64; 2], grid: usize) -> (Points, f64) {
+    let (dx, dy) = ((hi[0] - lo[0]) / grid as f64, (hi[1] - lo[1]) / grid as f64);
+    let mut data = Vec::with_capacity(grid * grid * 2);
+    for iy in 0..grid {
+        for ix in 0..grid {
+            data.push((lo[0] + (ix as f64 + 0.5) * dx) as f32);
+            data.push((lo[1] + (iy as f64 + 0.5) * dy) as f32);
+        }
+    }
+    (
+        Points::new(grid * grid, 2, data).expect("grid·grid·2 values"),
+        dx * dy,
+    )
+}
+
+/// V at every point (plain device, batches of 4,096).
+pub fn energies(potential: &dyn Potential, points: &Points) -> Result<Vec<f64>> {
+    let device = crate::backend::cpu();
+    let mut out = Vec::with_capacity(points.len());
+    let mut s = 0;
+    while s < points.len() {
+        let e = (s + 4096).min(points.len());
+        out.extend(to_f64_vec(potential.energy(from_points(
+            &points.slice_rows(s, e),
+            &device,
+            Precision::F32,
+        ))));
+        s = e;
+    }
+    Ok(out)
+}
+
+/// A random subset of `k` indices (for plots).
+pub fn subsample_indices(n: usize, k: usize, seed: u64) -> Vec<usize> {
+    let mut rng = stream(seed, Purpose::Eval, 7);
+    let mut idx: Vec<usize> = (0..n).collect();
+    for i in 0..k.min(n) {
+        let j = rng.random_range(i..n);
+        idx.swap(i, j);
+    }
+    idx.truncate(k.min(n));
+    idx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::cpu;
+    use crate::potential::Quadratic;
+    use crate::rng::fill_normal;
+
+    fn gauss(n: usize, seed: u64, shift: f32, scale: f32) -> Points {
+        let mut r = stream(seed, Purpose::Data, 1);
+        let mut v = vec![0.0; n * 2];
+        fill_normal(&mut r, &mut v);
+        Points::new(n, 2, v.into_iter().map(|x| x * scale + shift).collect()).unwrap()
+    }
+
+    #[test]
+    fn w2_1d_of_a_shift_is_the_squared_shift() {
+        let a = [0.0, 1.0, 2.0, 3.0];
+        let b: Vec<f64> = a.iter().map(|x| x + 0.5).collect();
+        assert!((w2_sq_1d(&a, &b) - 0.25).abs() < 1e-12);
+        // unequal sizes: {0, 1} vs {0, 0, 1, 1} are the same measure
+        assert!(w2_sq_1d(&[0.0, 1.0], &[0.0, 0.0, 1.0, 1.0]).abs() < 1e-12);
+    }
+
+    #[test]
+    fn metrics_are_small_for_same_law_and_grow_with_a_shift() {
+        let x = gauss(1500, 1, 0.0, 1.0);
+        let y = gauss(1500, 2, 0.0, 1.0);
+        let z = gauss(1500, 3, 1.0, 1.0);
+        let same = compare(&x, &y, 100, 5000, 0).unwrap();
+        let diff = compare(&x, &z, 100, 5000, 0).unwrap();
+        assert!(same.energy_distance_sq < 0.01, "{same:?}");
+        assert!(diff.energy_distance_sq > 0.3, "{diff:?}");
+        // projections of a shift by (1,1): mean W2² over directions = E[(u·(1,1))²] = 1
+        assert!((diff.sliced_w2 - 1.0).abs() < 0.12, "{diff:?}");
+        assert!(same.sliced_w2 < 0.1);
+        assert!(diff.mmd_rbf_sq > 10.0 * same.mmd_rbf_sq.max(1e-4));
+    }
+
+    #[test]
+    fn energy_distance_of_two_points_is_analytic() {
+        // X = δ₀, Y = δ₁ on the line: 2·1 − 0 − 0 = 2
+        let x = Points::new(1, 1, vec![0.0]).unwrap();
+        let y = Points::new(1, 1, vec![1.0]).unwrap();
+        assert!((energy_distance_sq(&x, &y) - 2.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn grid_nll_of_a_quadratic_is_the_gaussian_nll() {
+        // V = ½‖x‖², ε = 0.5 ⇒ p = N(0, 0.5 I); NLL(0) = log(2π·0.5)
+        let q = Quadratic::new(&[0.0, 0.0], &[1.0, 1.0], &cpu(), Precision::F32);
+        let at_origin = Points::new(1, 2, vec![0.0, 0.0]).unwrap();
+        let nll = grid_nll_2d(&q, 0.5, &at_origin, 400, 6.0).unwrap();
+        assert!((nll - (std::f64::consts::PI).ln()).abs() < 1e-3, "{nll}");
+    }
+
+    #[test]
+    fn bad_inputs_are_rejected() {
+        let x = gauss(3, 1, 0.0, 1.0);
+        let y3 = Points::new(1, 3, vec![0.0; 3]).unwrap();
+        assert!(compare(&x, &y3, 10, 10, 0).is_err());
+        let nan = Points::new(1, 2, vec![f32::NAN, 0.0]).unwrap();
+        assert!(compare(&x, &nan, 10, 10, 0)
+            .unwrap_err()
+            .to_string()
+            .contains("non-finite"));
+    }
+}

@@ -1,0 +1,272 @@
+//! PNG figures: a potential (or density) field with samples and trajectories over it, and
+//! line charts of training curves. Labels use the embedded DejaVu Sans font.
+
+use std::path::Path;
+use std::sync::Once;
+
+use plotters::prelude::*;
+use plotters::style::FontStyle;
+
+use crate::{EmError, Points, Result};
+
+static FONT: Once = Once::new();
+
+fn ensure_font() {
+    FONT.call_once(|| {
+        let bytes: &'static [u8] = include_bytes!("../assets/DejaVuSans.ttf");
+        if plotters::style::register_font("sans-serif", FontStyle::Normal, bytes).is_err() {
+            tracing::warn!("could not register the embedded font; plot labels may be missing");
+        }
+    });
+}
+
+fn plot_err(path: &Path, e: impl std::fmt::Display) -> EmError {
+    EmError::Plot {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    }
+}
+
+/// A scalar field sampled on a `grid × grid` cell-centred lattice over `[lo, hi]`.
+pub struct Field<'a> {
+    /// Row-major values (row = y index).
+    pub values: &'a [f64],
+    /// Lattice size per axis.
+    pub grid: usize,
+    /// Lower corner.
+    pub lo: [f64; 2],
+    /// Upper corner.
+    pub hi: [f64; 2],
+    /// Colour levels (filled contours); 0 = continuous.
+    pub levels: usize,
+}
+
+/// What is drawn over a field.
+#[derive(Default)]
+pub struct Overlay<'a> {
+    /// Reference points (drawn grey).
+    pub target: Option<&'a Points>,
+    /// Samples (drawn as dots).
+    pub samples: Option<&'a Points>,
+    /// Trajectories, each a polyline.
+    pub trajectories: Vec<Vec<(f64, f64)>>,
+}
+
+/// Viridis-like colour map on [0, 1].
+fn colour(u: f64) -> RGBColor {
+    const STOPS: [(f64, (f64, f64, f64)); 5] = [
+        (0.0, (68.0, 1.0, 84.0)),
+        (0.25, (59.0, 82.0, 139.0)),
+        (0.5, (33.0, 145.0, 140.0)),
+        (0.75, (94.0, 201.0, 98.0)),
+        (1.0, (253.0, 231.0, 37.0)),
+    ];
+    let u = u.clamp(0.0, 1.0);
+    let k = STOPS.iter().position(|s| s.0 >= u).unwrap_or(4).max(1);
+    let (a, b) = (STOPS[k - 1], STOPS[k]);
+    let f = (u - a.0) / (b.0 - a.0);
+    let mix = |x: f64, y: f64| (x + f * (y - x)).round() as u8;
+    RGBColor(
+        mix(a.1 .0, b.1 .0),
+        mix(a.1 .1, b.1 .1),
+        mix(a.1 .2, b.1 .2),
+    )
+}
+
+/// Draws a field as a (banded) heat map with overlays and a caption; values are mapped
+/// through their 1st–99th percentile range.
+pub fn field_png(path: &Path, caption: &str, field: &Field, overlay: &Overlay) -> Result<()> {
+    ensure_font();
+    let root = BitMapBackend::new(path, (720, 720)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| plot_err(path, e))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(caption, ("sans-serif", 20))
+        .margin(10)
+        .x_label_area_size(35)
+        .y_label_area_size(45)
+        .build_cartesian_2d(field.lo[0]..field.hi[0], field.lo[1]..field.hi[1])
+        .map_err(|e| plot_err(path, e))?;
+    chart
+        .configure_mesh()
+        .disable_mesh()
+        .draw()
+        .map_err(|e| plot_err(path, e))?;
+    let mut sorted: Vec<f64> = field
+        .values
+        .iter()
+        .cloned()
+        .filter(|v| v.is_finite())
+        .collect();
+    sorted.sort_by(f64::total_cmp);
+    let q = |p: f64| {
+        sorted
+            .get(((sorted.len() as f64 - 1.0) * p) as usize)
+            .cloned()
+            .unwrap_or(0.0)
+    };
+    let (vmin, vmax) = (q(0.01), q(0.99).max(q(0.01) + 1e-12));
+    let (dx, dy) = (
+        (field.hi[0] - field.lo[0]) / field.grid as f64,
+        (field.hi[1] - field.lo[1]) / field.grid as f64,
+    );
+    let cells = (0..field.grid * field.grid).map(|k| {
+        let (ix, iy) = (k % field.grid, k / field.grid);
+        let mut u = (field.values[k] - vmin) / (vmax - vmin);
+        if field.levels > 0 {
+            u = (u.clamp(0.0, 0.9999) * field.levels as f64).floor()
+                / (field.levels - 1).max(1) as f64;
+        }
+        let x0 = field.lo[0] + ix as f64 * dx;
+        let y0 = field.lo[1] + iy as f64 * dy;
+        Rectangle::new([(x0, y0), (x0 + dx, y0 + dy)], colour(u).filled())
+    });
+    chart.draw_series(cells).map_err(|e| plot_err(path, e))?;
+    let inside = |x: f64, y: f64| {
+        x >= field.lo[0] && x <= field.hi[0] && y >= field.lo[1] && y <= field.hi[1]
+    };
+    if let Some(t) = overlay.target {
+        let pts = t
+            .rows()
+            .map(|r| (r[0] as f64, r[1] as f64))
+            .filter(|&(x, y)| inside(x, y));
+        chart
+            .draw_series(pts.map(|p| Circle::new(p, 1, RGBColor(200, 200, 200).filled())))
+            .map_err(|e| plot_err(path, e))?;
+    }
+    for tr in &overlay.trajectories {
+        chart
+            .draw_series(LineSeries::new(
+                tr.iter().cloned().filter(|&(x, y)| inside(x, y)),
+                RED.stroke_width(1),
+            ))
+            .map_err(|e| plot_err(path, e))?;
+    }
+    if let Some(s) = overlay.samples {
+        let pts = s
+            .rows()
+            .map(|r| (r[0] as f64, r[1] as f64))
+            .filter(|&(x, y)| inside(x, y));
+        chart
+            .draw_series(pts.map(|p| Circle::new(p, 1, WHITE.filled())))
+            .map_err(|e| plot_err(path, e))?;
+    }
+    root.present().map_err(|e| plot_err(path, e))
+}
+
+/// A named series of (x, y) points.
+pub struct Series {
+    /// Legend label.
+    pub name: String,
+    /// The points.
+    pub points: Vec<(f64, f64)>,
+}
+
+/// Line chart of several series (skipping non-finite points); `log_y` uses a log10 axis
+/// (non-positive values dropped).
+pub fn curves_png(
+    path: &Path,
+    caption: &str,
+    x_label: &str,
+    series: &[Series],
+    log_y: bool,
+) -> Result<()> {
+    ensure_font();
+    let tf = |y: f64| if log_y { y.log10() } else { y };
+    let pts: Vec<Vec<(f64, f64)>> = series
+        .iter()
+        .map(|s| {
+            s.points
+                .iter()
+                .filter(|p| p.1.is_finite() && (!log_y || p.1 > 0.0))
+                .map(|&(x, y)| (x, tf(y)))
+                .collect()
+        })
+        .collect();
+    let all: Vec<&(f64, f64)> = pts.iter().flatten().collect();
+    if all.is_empty() {
+        return Err(plot_err(path, "no finite points to draw"));
+    }
+    let (xmin, xmax) = all.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |a, p| {
+        (a.0.min(p.0), a.1.max(p.0))
+    });
+    let (ymin, ymax) = all.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |a, p| {
+        (a.0.min(p.1), a.1.max(p.1))
+    });
+    let pad = ((ymax - ymin) * 0.05).max(1e-9);
+    let root = BitMapBackend::new(path, (900, 500)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| plot_err(path, e))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(caption, ("sans-serif", 20))
+        .margin(10)
+        .x_label_area_size(35)
+        .y_label_area_size(60)
+        .build_cartesian_2d(xmin..xmax.max(xmin + 1.0), (ymin - pad)..(ymax + pad))
+        .map_err(|e| plot_err(path, e))?;
+    chart
+        .configure_mesh()
+        .x_desc(x_label)
+        .y_desc(if log_y { "log10" } else { "" })
+        .draw()
+        .map_err(|e| plot_err(path, e))?;
+    let palette = [BLUE, RED, GREEN, MAGENTA, CYAN, BLACK];
+    for (k, (s, p)) in series.iter().zip(pts).enumerate() {
+        let c = palette[k % palette.len()];
+        chart
+            .draw_series(LineSeries::new(p, c.stroke_width(1)))
+            .map_err(|e| plot_err(path, e))?
+            .label(s.name.clone())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 15, y)], c));
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .map_err(|e| plot_err(path, e))?;
+    root.present().map_err(|e| plot_err(path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_pngs() {
+        let d = tempfile::tempdir().unwrap();
+        let values: Vec<f64> = (0..400)
+            .map(|k| ((k % 20) as f64 - 10.0).powi(2) + ((k / 20) as f64 - 10.0).powi(2))
+            .collect();
+        let f = Field {
+            values: &values,
+            grid: 20,
+            lo: [-1.0, -1.0],
+            hi: [1.0, 1.0],
+            levels: 10,
+        };
+        let s = Points::new(2, 2, vec![0.0, 0.0, 0.5, 0.5]).unwrap();
+        let ov = Overlay {
+            samples: Some(&s),
+            trajectories: vec![vec![(0.0, 0.0), (0.5, 0.5)]],
+            ..Overlay::default()
+        };
+        let p = d.path().join("f.png");
+        field_png(&p, "V", &f, &ov).unwrap();
+        let c = d.path().join("c.png");
+        curves_png(
+            &c,
+            "loss",
+            "step",
+            &[Series {
+                name: "a".into(),
+                points: vec![(1.0, 1.0), (2.0, 0.5)],
+            }],
+            true,
+        )
+        .unwrap();
+        for f in [p, c] {
+            let bytes = std::fs::read(&f).unwrap();
+            assert_eq!(&bytes[1..4], b"PNG");
+        }
+        assert!(curves_png(&d.path().join("e.png"), "x", "s", &[], false).is_err());
+    }
+}

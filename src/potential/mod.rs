@@ -1,0 +1,95 @@
+//! Scalar potentials V: ℝᴰ → ℝ with their input gradient ∇ₓV written as explicit forward
+//! tensor operations (a hand-written backward pass, layer by layer).
+//!
+//! Why explicit: training differentiates a loss on ∇ₓV with respect to the parameters θ
+//! ("double backward"). burn only has first-order autodiff, but differentiating the explicit
+//! ∇ₓV expression once gives the exact mixed derivative ∂(∇ₓV)/∂θ. Invariant: for every
+//! layer the explicit input gradient is checked against finite differences, and so is the
+//! parameter gradient of a loss built on it (see the tests of each implementation).
+
+mod activation;
+mod mlp;
+mod quadratic;
+
+pub use activation::Activation;
+pub use mlp::{Mlp, MlpConfig};
+pub use quadratic::Quadratic;
+
+use burn::tensor::{Gradients, Tensor};
+
+use crate::Result;
+
+/// A batch potential with an explicit, differentiable input gradient.
+///
+/// # Shapes
+/// `x: [batch, dim]` → energies `[batch]`, gradients `[batch, dim]`.
+pub trait Potential {
+    /// The input dimension D.
+    fn dim(&self) -> usize;
+
+    /// V(x) for each row of `x`.
+    fn energy(&self, x: Tensor<2>) -> Tensor<1>;
+
+    /// (V(x), ∇ₓV(x)) as tensor expressions, so that autodiff through them is exact.
+    fn energy_and_grad(&self, x: Tensor<2>) -> (Tensor<1>, Tensor<2>);
+
+    /// ∇ₓV(x) only.
+    fn grad(&self, x: Tensor<2>) -> Tensor<2> {
+        self.energy_and_grad(x).1
+    }
+}
+
+/// A potential with trainable parameters. Parameters are exchanged flattened (`[numel]`) in a
+/// fixed canonical order, so that optimisers, EMA and checkpoints need not know the layer kinds.
+pub trait Model: Potential + Clone {
+    /// Canonical parameter names (safetensors keys), e.g. `layers.0.weight`.
+    fn param_names(&self) -> Vec<String>;
+    /// The shape of each parameter, in canonical order.
+    fn param_shapes(&self) -> Vec<Vec<usize>>;
+    /// Each parameter flattened to `[numel]`, in canonical order.
+    fn flat_params(&self) -> Vec<Tensor<1>>;
+    /// Replaces every parameter from flattened values (same order and sizes).
+    fn set_flat_params(&mut self, params: Vec<Tensor<1>>) -> Result<()>;
+    /// A copy whose parameters are autodiff leaves that retain their gradients.
+    fn tracked(&self) -> Self;
+    /// A copy without autodiff.
+    fn untracked(&self) -> Self;
+    /// The gradient of each parameter of a [`Model::tracked`] copy after `backward`, flattened;
+    /// `None` where the loss does not depend on it (e.g. the last bias under the flow loss).
+    fn flat_grads(&self, grads: &Gradients) -> Vec<Option<Tensor<1>>>;
+    /// Total number of scalar parameters.
+    fn num_params(&self) -> usize {
+        self.param_shapes()
+            .iter()
+            .map(|s| s.iter().product::<usize>())
+            .sum()
+    }
+}
+
+/// Hessian-vector products H(x)·v = ∇ₓ(∇ₓV(x)·v), one per row, computed exactly by one
+/// first-order backward pass through the explicit gradient.
+///
+/// # Shapes
+/// `x, v: [batch, dim]` → `[batch, dim]` (row b is ∇²V(x_b) v_b).
+pub fn hvp(potential: &dyn Potential, x: Tensor<2>, v: Tensor<2>) -> Tensor<2> {
+    let x = x.without_autodiff().autodiff().require_grad();
+    let v = v.without_autodiff();
+    let g = potential.grad(x.clone());
+    let s = (g * v).sum();
+    let grads = s.backward();
+    x.grad(&grads)
+        .unwrap_or_else(|| x.clone().without_autodiff().zeros_like())
+}
+
+/// The full Hessian ∇²V(x) of one point (rows of the result are H e_k), by D Hessian-vector
+/// products. Meant for low dimension (likelihood structure and intrinsic dimension in 2-D/3-D).
+pub fn hessian(potential: &dyn Potential, x: Tensor<2>) -> Tensor<2> {
+    let [b, d] = x.dims();
+    assert_eq!(b, 1, "hessian takes one point");
+    let xs = x.repeat_dim(0, d);
+    let eye = Tensor::<2>::eye(d, &xs.device()).cast(xs.dtype());
+    hvp(potential, xs, eye)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,211 @@
+//! Derivative checks in f64: explicit ∇ₓV, parameter gradients of a loss on ∇ₓV, and
+//! Hessian-vector products, each against central finite differences.
+
+use super::*;
+use crate::backend::{cpu, cpu_autodiff, matrix, to_f64_vec, vector, Precision};
+use crate::rng::{normal, stream, Purpose};
+
+const P: Precision = Precision::F64;
+
+fn randn(n: usize, seed: u64) -> Vec<f64> {
+    let mut r = stream(seed, Purpose::Eval, 99);
+    (0..n).map(|_| normal(&mut r)).collect()
+}
+
+fn small_mlp(act: Activation, clamp: Option<f64>) -> Mlp {
+    let cfg = MlpConfig {
+        dim: 3,
+        hidden: vec![7, 5],
+        activation: act,
+        first_activation: None,
+        output_scale: 1.7,
+        energy_clamp: clamp,
+    };
+    cfg.init(4, &cpu(), P).unwrap()
+}
+
+fn energies(m: &dyn Potential, x: &[f64], b: usize, d: usize) -> Vec<f64> {
+    to_f64_vec(m.energy(matrix(x.to_vec(), b, d, &cpu(), P)))
+}
+
+fn rel_err(a: f64, b: f64) -> f64 {
+    (a - b).abs() / a.abs().max(b.abs()).max(1e-3)
+}
+
+#[test]
+fn input_gradient_matches_finite_differences_for_every_activation() {
+    let (b, d) = (4, 3);
+    for act in Activation::ALL {
+        for clamp in [None, Some(0.8)] {
+            let m = small_mlp(act, clamp);
+            // keep ReLU inputs away from kinks: FD across a kink is meaningless
+            let x = randn(b * d, 1);
+            let (_, g) = m.energy_and_grad(matrix(x.clone(), b, d, &cpu(), P));
+            let g = to_f64_vec(g);
+            let h = 1e-6;
+            for k in 0..b * d {
+                let (mut xp, mut xm) = (x.clone(), x.clone());
+                xp[k] += h;
+                xm[k] -= h;
+                let fd =
+                    (energies(&m, &xp, b, d)[k / d] - energies(&m, &xm, b, d)[k / d]) / (2.0 * h);
+                assert!(
+                    rel_err(g[k], fd) < 1e-6,
+                    "{act:?} clamp {clamp:?} k={k}: {} vs {fd}",
+                    g[k]
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn explicit_gradient_equals_autodiff_input_gradient() {
+    let (b, d) = (5, 3);
+    for act in Activation::ALL {
+        let m = small_mlp(act, Some(2.0));
+        let x = matrix(randn(b * d, 2), b, d, &cpu_autodiff(), P).require_grad();
+        let grads = m.energy(x.clone()).sum().backward();
+        let auto = to_f64_vec(x.grad(&grads).unwrap());
+        let explicit = to_f64_vec(m.grad(x.without_autodiff()));
+        for (a, e) in auto.iter().zip(&explicit) {
+            assert!((a - e).abs() < 1e-12, "{act:?}: {a} vs {e}");
+        }
+    }
+}
+
+/// L(θ) = Σ (∇ₓV · c) + ½ Σ (∇ₓV)²: a loss on the input gradient, like the flow loss.
+fn grad_loss(
+    m: &Mlp,
+    x: &[f64],
+    c: &[f64],
+    b: usize,
+    d: usize,
+    dev: &burn::tensor::Device,
+) -> burn::tensor::Tensor<1> {
+    let g = m.grad(matrix(x.to_vec(), b, d, dev, P));
+    let c = matrix(c.to_vec(), b, d, dev, P);
+    (g.clone() * c).sum() + g.powi_scalar(2).sum() * 0.5
+}
+
+#[test]
+fn parameter_gradient_of_a_loss_on_grad_v_matches_finite_differences() {
+    let (b, d) = (6, 3);
+    let x = randn(b * d, 3);
+    let c = randn(b * d, 4);
+    for act in Activation::ALL {
+        let m = small_mlp(act, Some(1.5));
+        let tracked = m.tracked();
+        let grads = grad_loss(&tracked, &x, &c, b, d, &cpu_autodiff()).backward();
+        let analytic = tracked.flat_grads(&grads);
+        let params = m.flat_params();
+        let h = 1e-6;
+        // several entries of every parameter tensor (every layer kind: weights and biases)
+        for (pi, p) in params.iter().enumerate() {
+            let values = to_f64_vec(p.clone());
+            let ana = analytic[pi].clone().map(to_f64_vec);
+            for &k in &[0, values.len() / 2, values.len() - 1] {
+                let eval = |delta: f64| {
+                    let mut v = values.clone();
+                    v[k] += delta;
+                    let mut ps = params.clone();
+                    ps[pi] = vector(v, &cpu(), P);
+                    let mut mm = m.clone();
+                    mm.set_flat_params(ps).unwrap();
+                    crate::backend::scalar(grad_loss(&mm, &x, &c, b, d, &cpu()))
+                };
+                let fd = (eval(h) - eval(-h)) / (2.0 * h);
+                let a = ana.as_ref().map(|g| g[k]).unwrap_or(0.0);
+                assert!(
+                    (a - fd).abs() < 1e-6 * fd.abs().max(1.0),
+                    "{act:?} param {pi}[{k}]: {a} vs {fd}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn without_a_clamp_the_output_bias_gets_no_gradient_from_a_loss_on_grad_v() {
+    // ∇ₓV does not depend on b_L unless the soft clamp makes V nonlinear in the output
+    let (b, d) = (4, 3);
+    let tracked = small_mlp(Activation::Silu, None).tracked();
+    let grads = grad_loss(
+        &tracked,
+        &randn(b * d, 8),
+        &randn(b * d, 9),
+        b,
+        d,
+        &cpu_autodiff(),
+    )
+    .backward();
+    let last = tracked.flat_grads(&grads).pop().unwrap().map(to_f64_vec);
+    assert!(last
+        .map(|g| g.iter().all(|v| v.abs() < 1e-14))
+        .unwrap_or(true));
+}
+
+#[test]
+fn hvp_matches_finite_differences_of_the_gradient() {
+    let (b, d) = (3, 3);
+    let m = small_mlp(Activation::Silu, None);
+    let x = randn(b * d, 5);
+    let v = randn(b * d, 6);
+    let hv = to_f64_vec(hvp(
+        &m,
+        matrix(x.clone(), b, d, &cpu(), P),
+        matrix(v.clone(), b, d, &cpu(), P),
+    ));
+    let h = 1e-5;
+    let shifted = |s: f64| {
+        let xs: Vec<f64> = x.iter().zip(&v).map(|(a, b)| a + s * b).collect();
+        to_f64_vec(m.grad(matrix(xs, b, d, &cpu(), P)))
+    };
+    let (gp, gm) = (shifted(h), shifted(-h));
+    for k in 0..b * d {
+        let fd = (gp[k] - gm[k]) / (2.0 * h);
+        assert!(rel_err(hv[k], fd) < 1e-6, "k={k}: {} vs {fd}", hv[k]);
+    }
+}
+
+#[test]
+fn quadratic_has_known_gradient_and_hessian() {
+    // V = ½(2(x₀−1)² + 3(x₁+1)²) ⇒ ∇V = (2(x₀−1), 3(x₁+1)), ∇²V = diag(2, 3)
+    let q = Quadratic::new(&[1.0, -1.0], &[2.0, 3.0], &cpu(), P);
+    let x = matrix(vec![0.0, 0.0, 1.0, -1.0], 2, 2, &cpu(), P);
+    let (v, g) = q.energy_and_grad(x.clone());
+    assert_eq!(to_f64_vec(v), vec![0.5 * (2.0 + 3.0), 0.0]);
+    assert_eq!(to_f64_vec(g), vec![-2.0, 3.0, 0.0, 0.0]);
+    let hess = to_f64_vec(hessian(&q, matrix(vec![0.3, 0.4], 1, 2, &cpu(), P)));
+    assert_eq!(hess, vec![2.0, 0.0, 0.0, 3.0]);
+}
+
+#[test]
+fn mlp_hessian_is_symmetric() {
+    let m = small_mlp(Activation::Gelu, Some(3.0));
+    let h = to_f64_vec(hessian(&m, matrix(randn(3, 7), 1, 3, &cpu(), P)));
+    for i in 0..3 {
+        for j in 0..3 {
+            assert!((h[i * 3 + j] - h[j * 3 + i]).abs() < 1e-10);
+        }
+    }
+}
+
+#[test]
+fn parameter_shapes_are_checked() {
+    let mut m = small_mlp(Activation::Tanh, None);
+    let mut ps = m.flat_params();
+    ps[0] = vector(vec![0.0; 3], &cpu(), P);
+    let e = m.set_flat_params(ps).unwrap_err().to_string();
+    assert!(
+        e.contains("layers.0.weight") && e.contains("21 values"),
+        "{e}"
+    );
+    assert_eq!(m.num_params(), 3 * 7 + 7 + 7 * 5 + 5 + 5 + 1);
+}
+
+#[test]
+fn tutorial_network_has_the_reference_size() {
+    // 2→256 (ReLU) →256→256→256 (SiLU) →1: 768 + 3·65,792 + 257 = 198,401 parameters
+    assert_eq!(MlpConfig::default().num_params(), 198_401);
+}

@@ -1,0 +1,539 @@
+//! Runs on disk: a run directory holds `config.toml`, `metrics.jsonl` (one row per logged
+//! step), `checkpoints/`, `samples.npy`, `eval.json` and the PNG plots. This is the layer the
+//! `em` binary calls; it reports progress through [`RunEvent`]s and does no terminal output.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use crate::backend::{cpu, Precision};
+use crate::checkpoint::{self, CheckpointMeta};
+use crate::config::RunConfig;
+use crate::data::{write_points, DataSource};
+use crate::metrics::{self, SampleMetrics};
+use crate::plot::{self, Field, Overlay, Series};
+use crate::potential::{Mlp, Model, Potential};
+use crate::rng::{stream, Purpose};
+use crate::sampler::{self, Drift, SampleRequest, SamplerConfig, TrajectoryRecorder};
+use crate::train::{Phase, StepStats, Trainer, TrainerState};
+use crate::{EmError, Points, Result};
+
+/// Progress reported by long operations.
+#[derive(Debug)]
+pub enum RunEvent<'a> {
+    /// Training starts or resumes at `from`, ending at `total`.
+    TrainStart {
+        /// First step to run (1-based).
+        from: u64,
+        /// Last step.
+        total: u64,
+    },
+    /// One step finished; `logged` when it was written to the metrics file.
+    Step {
+        /// The step's numbers.
+        stats: &'a StepStats,
+        /// Steps per second over the last logging interval.
+        steps_per_sec: f64,
+        /// Whether this step was logged.
+        logged: bool,
+    },
+    /// A checkpoint was written.
+    Checkpoint(&'a Path),
+    /// Sampling progress: steps done of total (over all chunks).
+    Sampling {
+        /// Steps done.
+        done: u64,
+        /// Steps in total.
+        total: u64,
+    },
+    /// A message worth showing.
+    Note(String),
+}
+
+/// One row of `metrics.jsonl`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MetricsRow {
+    /// The step's numbers.
+    #[serde(flatten)]
+    pub stats: StepStats,
+    /// Steps per second over the logging interval.
+    pub steps_per_sec: f64,
+    /// Seconds since the (re)start of training.
+    pub elapsed_s: f64,
+}
+
+/// The end-of-run evaluation written to `eval.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EvalReport {
+    /// Sample metrics against fresh target points.
+    pub metrics: SampleMetrics,
+    /// Mean NLL of the target points under exp(−V/ε_max)/Z (2-D only).
+    pub grid_nll: Option<f64>,
+    /// Which weights were used (`ema` or `raw`).
+    pub weights: String,
+    /// Sampler settings.
+    pub sampler: SamplerConfig,
+    /// Seconds spent sampling.
+    pub sampling_s: f64,
+}
+
+/// Paths inside a run directory.
+pub struct RunDir(pub PathBuf);
+
+impl RunDir {
+    /// `config.toml`.
+    pub fn config(&self) -> PathBuf {
+        self.0.join("config.toml")
+    }
+    /// `metrics.jsonl`.
+    pub fn metrics(&self) -> PathBuf {
+        self.0.join("metrics.jsonl")
+    }
+    /// `checkpoints/`.
+    pub fn checkpoints(&self) -> PathBuf {
+        self.0.join("checkpoints")
+    }
+    /// The stem of the final checkpoint.
+    pub fn final_checkpoint(&self) -> PathBuf {
+        self.checkpoints().join("final")
+    }
+    /// The newest checkpoint stem in `checkpoints/` (final if present, else highest step).
+    pub fn latest_checkpoint(&self) -> Option<PathBuf> {
+        let fin = self.final_checkpoint();
+        if checkpoint::paths(&fin).1.exists() {
+            return Some(fin);
+        }
+        let mut steps: Vec<PathBuf> = std::fs::read_dir(self.checkpoints())
+            .ok()?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().map(|e| e == "json").unwrap_or(false))
+            .map(|p| p.with_extension(""))
+            .collect();
+        steps.sort();
+        steps.pop()
+    }
+}
+
+/// Builds the data sources of a config.
+pub fn data_sources(cfg: &RunConfig) -> Result<(DataSource, DataSource)> {
+    let target = DataSource::from_spec(&cfg.data.target, cfg.model.dim, "data.target")?;
+    let source = DataSource::from_spec(&cfg.data.source, cfg.model.dim, "data.source")?;
+    Ok((target, source))
+}
+
+fn meta_for<M: Model>(cfg: &RunConfig, state: &TrainerState<M>, phase: Phase) -> CheckpointMeta {
+    CheckpointMeta {
+        format_version: checkpoint::FORMAT_VERSION,
+        crate_version: env!("CARGO_PKG_VERSION").into(),
+        step: state.step,
+        phase: phase.name().into(),
+        seed: cfg.seed,
+        adam_t: state.adam.t,
+        has_ema: state.ema.is_some(),
+        precision: cfg.precision,
+        num_params: state.model.num_params(),
+        config: serde_json::to_value(cfg).expect("config serialises"),
+    }
+}
+
+/// Reads the config stored in a checkpoint, applying `overrides`.
+pub fn config_from_checkpoint(path: &Path, overrides: &[String]) -> Result<RunConfig> {
+    let meta = checkpoint::load_meta(path)?;
+    let stored: RunConfig =
+        serde_json::from_value(meta.config.clone()).map_err(|e| EmError::Checkpoint {
+            path: path.to_path_buf(),
+            reason: format!("stored config unreadable: {e}"),
+        })?;
+    RunConfig::from_toml_str(&stored.to_toml(), overrides)
+}
+
+/// Loads a model (EMA weights when `ema` and present) from a checkpoint; returns it with the
+/// checkpoint's config and whether EMA weights were used.
+pub fn load_model(path: &Path, ema: bool) -> Result<(Mlp, RunConfig, bool)> {
+    let cfg = config_from_checkpoint(path, &[])?;
+    let template = cfg.model.init(cfg.seed, &cpu(), cfg.precision)?;
+    let (state, _) = checkpoint::load(path, &template)?;
+    let mut model = state.model;
+    let used_ema = ema && state.ema.is_some();
+    if let (true, Some(e)) = (used_ema, state.ema) {
+        model.set_flat_params(e)?;
+    }
+    Ok((model, cfg, used_ema))
+}
+
+fn append_line(path: &Path, line: &str) -> Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| EmError::io(path, e))?;
+    writeln!(f, "{line}").map_err(|e| EmError::io(path, e))
+}
+
+/// Trains according to `cfg` in `dir` (created if needed), resuming from `resume` if given.
+/// Checkpoints every `log.checkpoint_every` steps and at each phase end; on divergence returns
+/// [`EmError::Diverged`] naming the last good checkpoint. Returns the trained trainer.
+pub fn train(
+    cfg: &RunConfig,
+    dir: &Path,
+    resume: Option<&Path>,
+    events: &mut dyn FnMut(RunEvent),
+) -> Result<Trainer<Mlp>> {
+    let rd = RunDir(dir.to_path_buf());
+    std::fs::create_dir_all(rd.checkpoints()).map_err(|e| EmError::io(rd.checkpoints(), e))?;
+    checkpoint::write_atomic(&rd.config(), cfg.to_toml().as_bytes())?;
+    let (target, source) = data_sources(cfg)?;
+    let device = cpu();
+    let template = cfg.model.init(cfg.seed, &device, cfg.precision)?;
+    let (state, mut last_good) = match resume {
+        Some(p) => {
+            let (state, meta) = checkpoint::load(p, &template)?;
+            events(RunEvent::Note(format!(
+                "resumed from {} at step {}",
+                p.display(),
+                meta.step
+            )));
+            (state, Some(p.to_path_buf()))
+        }
+        None => (Trainer::fresh_state(template, &cfg.optim), None),
+    };
+    let mut trainer = Trainer {
+        state,
+        train: cfg.train.clone(),
+        negatives: cfg.negatives.clone(),
+        optim: cfg.optim.clone(),
+        schedule: cfg.schedule,
+        target,
+        source,
+        seed: cfg.seed,
+        precision: cfg.precision,
+    };
+    let total = cfg.train.total_steps();
+    events(RunEvent::TrainStart {
+        from: trainer.state.step + 1,
+        total,
+    });
+    let start = Instant::now();
+    let mut interval_start = Instant::now();
+    let mut interval_steps = 0u64;
+    while !trainer.finished() {
+        let stats = match trainer.step() {
+            Ok(s) => s,
+            Err(EmError::Diverged {
+                step,
+                phase,
+                what,
+                value,
+                ..
+            }) => {
+                return Err(EmError::Diverged {
+                    step,
+                    phase,
+                    what,
+                    value,
+                    last_good: last_good
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_else(|| "none (diverged before the first checkpoint)".into()),
+                })
+            }
+            Err(e) => return Err(e),
+        };
+        interval_steps += 1;
+        let step = stats.step;
+        let logged = step % cfg.log.every == 0 || step == total || step == 1;
+        let sps = interval_steps as f64 / interval_start.elapsed().as_secs_f64().max(1e-9);
+        if logged {
+            let row = MetricsRow {
+                stats: stats.clone(),
+                steps_per_sec: sps,
+                elapsed_s: start.elapsed().as_secs_f64(),
+            };
+            append_line(
+                &rd.metrics(),
+                &serde_json::to_string(&row).expect("row serialises"),
+            )?;
+            interval_start = Instant::now();
+            interval_steps = 0;
+        }
+        events(RunEvent::Step {
+            stats: &stats,
+            steps_per_sec: sps,
+            logged,
+        });
+        let phase_end = step == cfg.train.phase1_steps || step == total;
+        if step % cfg.log.checkpoint_every == 0 || phase_end {
+            let stem = if step == total {
+                rd.final_checkpoint()
+            } else {
+                rd.checkpoints().join(format!("step-{step:08}"))
+            };
+            let path = checkpoint::save(
+                &stem,
+                &trainer.state,
+                &meta_for(cfg, &trainer.state, stats.phase),
+            )?;
+            events(RunEvent::Checkpoint(&path));
+            last_good = Some(path);
+        }
+    }
+    Ok(trainer)
+}
+
+/// Draws `n` samples from `model` with the config's source distribution and sampler.
+pub fn draw_samples(
+    model: &dyn Potential,
+    cfg: &RunConfig,
+    sampler_cfg: &SamplerConfig,
+    n: usize,
+    seed: u64,
+    recorder: Option<&mut TrajectoryRecorder>,
+    events: &mut dyn FnMut(RunEvent),
+) -> Result<Points> {
+    let (_, source) = data_sources(cfg)?;
+    let draw = |r: &mut crate::rng::Rng| source.sample(1, r).into_vec();
+    let req = SampleRequest {
+        config: sampler_cfg,
+        schedule: cfg.schedule,
+        source: &draw,
+        n,
+        seed,
+        first_index: 0,
+        precision: Precision::F32,
+    };
+    let steps = sampler_cfg.steps() as u64;
+    let chunks = n.div_ceil(sampler_cfg.chunk.max(1)) as u64;
+    let mut done = 0u64;
+    let mut rec = recorder;
+    sampler::sample(&Drift::new(model), &req, &mut |c, k, t, x| {
+        done += 1;
+        if done.is_multiple_of(10) || done == steps * chunks {
+            events(RunEvent::Sampling {
+                done,
+                total: steps * chunks,
+            });
+        }
+        if let Some(r) = rec.as_deref_mut() {
+            r.observe(c, k, t, x);
+        }
+    })
+}
+
+/// Fresh target points for evaluation (a stream separate from training).
+pub fn eval_target(cfg: &RunConfig, n: usize) -> Result<Points> {
+    let (target, _) = data_sources(cfg)?;
+    Ok(target.sample(n, &mut stream(cfg.seed, Purpose::Data, 1)))
+}
+
+/// Samples with the final weights, evaluates, and draws the plots of a finished run.
+pub fn evaluate_run(
+    trainer: &Trainer<Mlp>,
+    cfg: &RunConfig,
+    dir: &Path,
+    events: &mut dyn FnMut(RunEvent),
+) -> Result<EvalReport> {
+    let model = trainer.ema_model()?.untracked();
+    let weights = if trainer.state.ema.is_some() {
+        "ema"
+    } else {
+        "raw"
+    };
+    let t0 = Instant::now();
+    let mut rec = TrajectoryRecorder::new(2, 12);
+    let samples = draw_samples(
+        &model,
+        cfg,
+        &cfg.sample,
+        cfg.eval.samples,
+        cfg.seed,
+        Some(&mut rec),
+        events,
+    )?;
+    let sampling_s = t0.elapsed().as_secs_f64();
+    write_points(&dir.join("samples.npy"), &samples)?;
+    let target = eval_target(cfg, cfg.eval.target_points)?;
+    let m = metrics::compare(
+        &samples,
+        &target,
+        cfg.eval.projections,
+        cfg.eval.max_pairwise,
+        cfg.seed,
+    )?;
+    let grid_nll = if cfg.model.dim == 2 && cfg.schedule.epsilon_max > 0.0 {
+        Some(metrics::grid_nll_2d(
+            &model,
+            cfg.schedule.epsilon_max,
+            &target,
+            300,
+            1.5,
+        )?)
+    } else {
+        None
+    };
+    let report = EvalReport {
+        metrics: m,
+        grid_nll,
+        weights: weights.into(),
+        sampler: cfg.sample.clone(),
+        sampling_s,
+    };
+    checkpoint::write_atomic(
+        &dir.join("eval.json"),
+        &serde_json::to_vec_pretty(&report).expect("report serialises"),
+    )?;
+    if cfg.log.plots {
+        plot_run(dir, &model, cfg, &samples, &target, &rec)?;
+    }
+    Ok(report)
+}
+
+/// Bounding box of points, widened by `margin`.
+fn bounds(p: &Points, margin: f64) -> ([f64; 2], [f64; 2]) {
+    let mut lo = [f64::INFINITY; 2];
+    let mut hi = [f64::NEG_INFINITY; 2];
+    for r in p.rows() {
+        for k in 0..2 {
+            lo[k] = lo[k].min(r[k] as f64);
+            hi[k] = hi[k].max(r[k] as f64);
+        }
+    }
+    (
+        [lo[0] - margin, lo[1] - margin],
+        [hi[0] + margin, hi[1] + margin],
+    )
+}
+
+/// Potential and density plots (2-D) and training curves of a run directory.
+pub fn plot_run(
+    dir: &Path,
+    model: &dyn Potential,
+    cfg: &RunConfig,
+    samples: &Points,
+    target: &Points,
+    rec: &TrajectoryRecorder,
+) -> Result<()> {
+    if cfg.model.dim == 2 {
+        let (_, source) = data_sources(cfg)?;
+        let src = source.sample(2000, &mut stream(cfg.seed, Purpose::Data, 2));
+        let (lo, hi) = bounds(&target.concat(&src)?, 1.0);
+        let grid = 160;
+        let (gp, _) = metrics::grid_points(lo, hi, grid);
+        let v = metrics::energies(model, &gp)?;
+        let trajectories: Vec<Vec<(f64, f64)>> = (0..rec.keep)
+            .map(|i| {
+                rec.frames
+                    .iter()
+                    .filter(|f| i < f.1.len())
+                    .map(|f| (f.1.row(i)[0] as f64, f.1.row(i)[1] as f64))
+                    .collect()
+            })
+            .collect();
+        let shown = samples.select(&metrics::subsample_indices(samples.len(), 2000, 0));
+        plot::field_png(
+            &dir.join("potential.png"),
+            "V(x) with samples and trajectories",
+            &Field {
+                values: &v,
+                grid,
+                lo,
+                hi,
+                levels: 16,
+            },
+            &Overlay {
+                samples: Some(&shown),
+                trajectories,
+                ..Overlay::default()
+            },
+        )?;
+        let eps = cfg.schedule.epsilon_max.max(1e-3);
+        let vmin = v.iter().cloned().fold(f64::INFINITY, f64::min);
+        let dens: Vec<f64> = v.iter().map(|e| (-(e - vmin) / eps).exp()).collect();
+        let shown_target = target.select(&metrics::subsample_indices(target.len(), 2000, 1));
+        plot::field_png(
+            &dir.join("boltzmann.png"),
+            &format!("exp(-V/{eps}) (unnormalised) with target points"),
+            &Field {
+                values: &dens,
+                grid,
+                lo,
+                hi,
+                levels: 0,
+            },
+            &Overlay {
+                target: Some(&shown_target),
+                ..Overlay::default()
+            },
+        )?;
+    }
+    plot_curves(dir)
+}
+
+/// Reads `metrics.jsonl` of a run directory.
+pub fn read_metrics(dir: &Path) -> Result<Vec<MetricsRow>> {
+    let path = RunDir(dir.to_path_buf()).metrics();
+    let text = std::fs::read_to_string(&path).map_err(|e| EmError::io(&path, e))?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            serde_json::from_str(l).map_err(|e| EmError::Parse {
+                path: path.clone(),
+                reason: format!("line {}: {e}", i + 1),
+            })
+        })
+        .collect()
+}
+
+/// `loss.png` and `energies.png` from `metrics.jsonl`.
+pub fn plot_curves(dir: &Path) -> Result<()> {
+    let rows = read_metrics(dir)?;
+    let pick = |f: &dyn Fn(&MetricsRow) -> Option<f64>| {
+        rows.iter()
+            .filter_map(|r| f(r).map(|v| (r.stats.step as f64, v)))
+            .collect::<Vec<_>>()
+    };
+    let mut losses = vec![Series {
+        name: "flow loss".into(),
+        points: pick(&|r| Some(r.stats.flow_loss)),
+    }];
+    let cd = pick(&|r| r.stats.cd_loss);
+    if !cd.is_empty() {
+        losses.push(Series {
+            name: "CD term + 1 (phase 2)".into(),
+            points: cd.iter().map(|&(s, v)| (s, v + 1.0)).collect(),
+        });
+    }
+    plot::curves_png(
+        &dir.join("loss.png"),
+        "training losses",
+        "step",
+        &losses,
+        true,
+    )?;
+    let pos = pick(&|r| r.stats.e_pos.map(|e| e.mean));
+    if !pos.is_empty() {
+        let series = vec![
+            Series {
+                name: "mean V(data)".into(),
+                points: pos,
+            },
+            Series {
+                name: "mean V(negatives)".into(),
+                points: pick(&|r| r.stats.e_neg.map(|e| e.mean)),
+            },
+            Series {
+                name: "min V(negatives)".into(),
+                points: pick(&|r| r.stats.e_neg.map(|e| e.min)),
+            },
+        ];
+        plot::curves_png(
+            &dir.join("energies.png"),
+            "phase-2 energies",
+            "step",
+            &series,
+            false,
+        )?;
+    }
+    Ok(())
+}

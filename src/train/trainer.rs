@@ -1,0 +1,278 @@
+//! The training loop state and one optimisation step.
+
+use burn::tensor::Tensor;
+use serde::{Deserialize, Serialize};
+
+use super::loss::{contrastive, flow_loss, trimmed_indices};
+use super::negatives::{self, NegativesConfig};
+use super::optim::{ema_update, Adam, OptimConfig};
+use super::{EnergyStats, FlowWeighting, TrainConfig};
+use crate::backend::{from_points, scalar, to_f64_vec, Precision};
+use crate::data::DataSource;
+use crate::potential::Model;
+use crate::rng::{normal, stream, uniform, Purpose, Rng};
+use crate::schedule::Schedule;
+use crate::{EmError, Points, Result};
+
+/// Training phase.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// Flow matching only.
+    Phase1,
+    /// Flow matching plus the contrastive term.
+    Phase2,
+}
+
+impl Phase {
+    /// `phase1` / `phase2`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Phase1 => "phase1",
+            Phase::Phase2 => "phase2",
+        }
+    }
+}
+
+/// What one step measured: the numbers an EBM practitioner watches.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StepStats {
+    /// 1-based step over both phases.
+    pub step: u64,
+    /// Phase of this step.
+    pub phase: Phase,
+    /// Total loss.
+    pub loss: f64,
+    /// Flow-matching loss (unweighted by the phase-2 flow weight).
+    pub flow_loss: f64,
+    /// Contrastive term (phase 2), after the clamp.
+    pub cd_loss: Option<f64>,
+    /// Energies of the positive batch (phase 2).
+    pub e_pos: Option<EnergyStats>,
+    /// Energies of the negatives (phase 2).
+    pub e_neg: Option<EnergyStats>,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
+    /// Learning rate used.
+    pub lr: f64,
+}
+
+/// Everything that evolves during training (what a checkpoint stores besides the config).
+#[derive(Debug, Clone)]
+pub struct TrainerState<M: Model> {
+    /// Current weights (untracked).
+    pub model: M,
+    /// EMA of the weights, flattened in canonical order (None when EMA is off).
+    pub ema: Option<Vec<Tensor<1>>>,
+    /// Adam moments.
+    pub adam: Adam,
+    /// Completed steps.
+    pub step: u64,
+}
+
+/// A training run in memory: data, settings and state.
+pub struct Trainer<M: Model> {
+    /// The evolving state.
+    pub state: TrainerState<M>,
+    /// Loop settings.
+    pub train: TrainConfig,
+    /// Negative-sampler settings.
+    pub negatives: NegativesConfig,
+    /// Optimiser settings.
+    pub optim: OptimConfig,
+    /// ε(t), w(t).
+    pub schedule: Schedule,
+    /// Data distribution x₁.
+    pub target: DataSource,
+    /// Source distribution x₀.
+    pub source: DataSource,
+    /// Seed of every random stream.
+    pub seed: u64,
+    /// Float precision.
+    pub precision: Precision,
+}
+
+impl<M: Model> Trainer<M> {
+    /// Fresh optimiser state for `model`; EMA starts at the initial weights when enabled.
+    pub fn fresh_state(model: M, optim: &OptimConfig) -> TrainerState<M> {
+        let params = model.untracked().flat_params();
+        TrainerState {
+            adam: Adam::new(&params),
+            ema: optim
+                .ema_decay_phase1
+                .or(optim.ema_decay_phase2)
+                .map(|_| params.clone()),
+            model: model.untracked(),
+            step: 0,
+        }
+    }
+
+    /// The phase of (1-based) step `step`.
+    pub fn phase_of(&self, step: u64) -> Phase {
+        if step <= self.train.phase1_steps {
+            Phase::Phase1
+        } else {
+            Phase::Phase2
+        }
+    }
+
+    /// True when every step is done.
+    pub fn finished(&self) -> bool {
+        self.state.step >= self.train.total_steps()
+    }
+
+    /// The model with EMA weights (or the raw weights when EMA is off).
+    pub fn ema_model(&self) -> Result<M> {
+        let mut m = self.state.model.clone();
+        if let Some(e) = &self.state.ema {
+            m.set_flat_params(e.clone())?;
+        }
+        Ok(m)
+    }
+
+    fn diverged(&self, step: u64, what: &str, value: f64) -> EmError {
+        EmError::Diverged {
+            step,
+            phase: self.phase_of(step).name().into(),
+            what: what.into(),
+            value,
+            last_good: String::new(),
+        }
+    }
+
+    /// One flow-matching batch: (x_t, u, t).
+    fn flow_batch(&self, rng: &mut Rng) -> Result<(Points, Points, Vec<f64>)> {
+        let b = self.train.batch_size;
+        let x0 = self.source.sample(b, rng);
+        let x1 = self.target.sample(b, rng);
+        let (x0, x1) = self.train.coupling.pair(&x0, &x1, rng)?;
+        let d = x0.dim();
+        let mut xt = Points::zeros(b, d);
+        let mut u = Points::zeros(b, d);
+        let mut ts = Vec::with_capacity(b);
+        for i in 0..b {
+            let t = uniform(rng);
+            ts.push(t);
+            for k in 0..d {
+                let (a, c) = (x0.row(i)[k] as f64, x1.row(i)[k] as f64);
+                xt.row_mut(i)[k] = ((1.0 - t) * a + t * c + self.train.sigma * normal(rng)) as f32;
+                u.row_mut(i)[k] = (c - a) as f32;
+            }
+        }
+        Ok((xt, u, ts))
+    }
+
+    /// Runs one optimisation step; on NaN/Inf it returns [`EmError::Diverged`] and leaves the
+    /// state untouched (the weights are those of the last good step).
+    pub fn step(&mut self) -> Result<StepStats> {
+        let step = self.state.step + 1;
+        let phase = self.phase_of(step);
+        let mut rng = stream(self.seed, Purpose::TrainStep, step);
+        let device = crate::backend::cpu_autodiff();
+        let p = self.precision;
+
+        let (xt, u, ts) = self.flow_batch(&mut rng)?;
+        let weighted = match self.train.flow_weighting {
+            FlowWeighting::Never => false,
+            FlowWeighting::Phase2 => phase == Phase::Phase2,
+            FlowWeighting::Always => true,
+        };
+        let w: Vec<f64> = ts
+            .iter()
+            .map(|&t| {
+                if weighted {
+                    self.schedule.flow_weight(t)
+                } else {
+                    1.0
+                }
+            })
+            .collect();
+        let tracked = self.state.model.tracked();
+        let flow = flow_loss(
+            &tracked,
+            from_points(&xt, &device, p),
+            from_points(&u, &device, p),
+            &w,
+        );
+        let flow_value = scalar(flow.clone());
+
+        let (loss, cd_value, e_pos, e_neg) = if phase == Phase::Phase2 {
+            let n = self.negatives.batch.unwrap_or(self.train.batch_size);
+            let pos = self.target.sample(self.train.batch_size, &mut rng);
+            let untracked = self.state.model.untracked();
+            let neg = negatives::generate(
+                &untracked,
+                &self.schedule,
+                &self.negatives,
+                n,
+                (&self.target, &self.source),
+                p,
+                &mut rng,
+            )?;
+            let ep = tracked.energy(from_points(&pos, &device, p));
+            let en = tracked.energy(from_points(&neg, &device, p));
+            let (ep_v, en_v) = (to_f64_vec(ep.clone()), to_f64_vec(en.clone()));
+            let kept = trimmed_indices(&en_v, self.train.cd_trim);
+            let cd = contrastive(ep, en, &kept);
+            let cd_raw = scalar(cd.clone());
+            let clamped = matches!(self.train.cd_clamp, Some(c) if cd_raw < -c);
+            let cd_value = if clamped {
+                -self.train.cd_clamp.unwrap_or(0.0)
+            } else {
+                cd_raw
+            };
+            // below the clamp the term is constant: it contributes no gradient
+            let cd_term = if clamped { cd * 0.0 + cd_value } else { cd };
+            let loss = flow * self.train.flow_loss_weight + cd_term * self.train.cd_weight;
+            (
+                loss,
+                Some(cd_value),
+                Some(EnergyStats::of(&ep_v)),
+                Some(EnergyStats::of(&en_v)),
+            )
+        } else {
+            (flow, None, None, None)
+        };
+        let loss_value = scalar(loss.clone());
+        for (what, v) in [("loss", loss_value), ("flow loss", flow_value)] {
+            if !v.is_finite() {
+                return Err(self.diverged(step, what, v));
+            }
+        }
+        for (what, s) in [("positive energies", e_pos), ("negative energies", e_neg)] {
+            if let Some(s) = s.filter(|s| !s.is_finite()) {
+                return Err(self.diverged(step, what, s.mean));
+            }
+        }
+
+        let grads = loss.backward();
+        let g = tracked.flat_grads(&grads);
+        let norm = Adam::grad_norm(&g);
+        if !norm.is_finite() {
+            return Err(self.diverged(step, "gradient norm", norm));
+        }
+        let lr = self.optim.lr_at(step);
+        let params = self.state.model.flat_params();
+        let (new_params, report) = self.state.adam.step(params, g, &self.optim, lr);
+        self.state.model.set_flat_params(new_params)?;
+        let decay = match phase {
+            Phase::Phase1 => self.optim.ema_decay_phase1,
+            Phase::Phase2 => self.optim.ema_decay_phase2.or(self.optim.ema_decay_phase1),
+        };
+        if let (Some(ema), Some(d)) = (self.state.ema.as_mut(), decay) {
+            ema_update(ema, &self.state.model.flat_params(), d);
+        }
+        self.state.step = step;
+        Ok(StepStats {
+            step,
+            phase,
+            loss: loss_value,
+            flow_loss: flow_value,
+            cd_loss: cd_value,
+            e_pos,
+            e_neg,
+            grad_norm: report.grad_norm,
+            lr,
+        })
+    }
+}
