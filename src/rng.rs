@@ -23,6 +23,8 @@ pub enum Purpose {
     Eval = 4,
     /// Data generation outside training (e.g. held-out target sets).
     Data = 5,
+    /// One Langevin negative chain (index = step · 2²⁰ + chain).
+    Negative = 6,
 }
 
 fn splitmix64(mut z: u64) -> u64 {

@@ -4,11 +4,13 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use crate::backend::{cpu, Precision};
+use crate::backend::cpu;
 use crate::checkpoint::{self, CheckpointMeta};
 use crate::config::RunConfig;
 use crate::data::{write_points, DataSource};
@@ -179,7 +181,7 @@ pub fn train(
     cfg: &RunConfig,
     dir: &Path,
     resume: Option<&Path>,
-    events: &mut dyn FnMut(RunEvent),
+    events: &mut Events,
 ) -> Result<Trainer<Mlp>> {
     let rd = RunDir(dir.to_path_buf());
     std::fs::create_dir_all(rd.checkpoints()).map_err(|e| EmError::io(rd.checkpoints(), e))?;
@@ -281,15 +283,18 @@ pub fn train(
     Ok(trainer)
 }
 
+/// Progress callback of long operations (called from one thread at a time).
+pub type Events<'a> = dyn FnMut(RunEvent) + Send + 'a;
+
 /// Draws `n` samples from `model` with the config's source distribution and sampler.
 pub fn draw_samples(
-    model: &dyn Potential,
+    model: &Mlp,
     cfg: &RunConfig,
     sampler_cfg: &SamplerConfig,
     n: usize,
     seed: u64,
-    recorder: Option<&mut TrajectoryRecorder>,
-    events: &mut dyn FnMut(RunEvent),
+    recorder: Option<&TrajectoryRecorder>,
+    events: &mut Events,
 ) -> Result<Points> {
     let (_, source) = data_sources(cfg)?;
     let draw = |r: &mut crate::rng::Rng| source.sample(1, r).into_vec();
@@ -300,22 +305,21 @@ pub fn draw_samples(
         n,
         seed,
         first_index: 0,
-        precision: Precision::F32,
     };
-    let steps = sampler_cfg.steps() as u64;
-    let chunks = n.div_ceil(sampler_cfg.chunk.max(1)) as u64;
-    let mut done = 0u64;
-    let mut rec = recorder;
-    sampler::sample(&Drift::new(model), &req, &mut |c, k, t, x| {
-        done += 1;
-        if done.is_multiple_of(10) || done == steps * chunks {
-            events(RunEvent::Sampling {
-                done,
-                total: steps * chunks,
-            });
+    let field = model.host()?;
+    let total = sampler_cfg.steps() as u64 * n.div_ceil(sampler_cfg.chunk.max(1)) as u64;
+    let done = AtomicU64::new(0);
+    let events = Mutex::new(events);
+    let dim = cfg.model.dim;
+    sampler::sample(&Drift::new(&field), &req, &|c, k, t, x| {
+        let d = done.fetch_add(1, Ordering::Relaxed) + 1;
+        if d.is_multiple_of(10) || d == total {
+            if let Ok(mut ev) = events.try_lock() {
+                ev(RunEvent::Sampling { done: d, total });
+            }
         }
-        if let Some(r) = rec.as_deref_mut() {
-            r.observe(c, k, t, x);
+        if let Some(r) = recorder {
+            r.observe(c, k, t, x, dim);
         }
     })
 }
@@ -331,7 +335,7 @@ pub fn evaluate_run(
     trainer: &Trainer<Mlp>,
     cfg: &RunConfig,
     dir: &Path,
-    events: &mut dyn FnMut(RunEvent),
+    events: &mut Events,
 ) -> Result<EvalReport> {
     let model = trainer.ema_model()?.untracked();
     let weights = if trainer.state.ema.is_some() {
@@ -340,14 +344,14 @@ pub fn evaluate_run(
         "raw"
     };
     let t0 = Instant::now();
-    let mut rec = TrajectoryRecorder::new(2, 12);
+    let rec = TrajectoryRecorder::new(2, 12);
     let samples = draw_samples(
         &model,
         cfg,
         &cfg.sample,
         cfg.eval.samples,
         cfg.seed,
-        Some(&mut rec),
+        Some(&rec),
         events,
     )?;
     let sampling_s = t0.elapsed().as_secs_f64();
@@ -383,7 +387,7 @@ pub fn evaluate_run(
         &serde_json::to_vec_pretty(&report).expect("report serialises"),
     )?;
     if cfg.log.plots {
-        plot_run(dir, &model, cfg, &samples, &target, &rec)?;
+        plot_run(dir, &model, cfg, &samples, &target, &rec.into_frames())?;
     }
     Ok(report)
 }
@@ -411,7 +415,7 @@ pub fn plot_run(
     cfg: &RunConfig,
     samples: &Points,
     target: &Points,
-    rec: &TrajectoryRecorder,
+    frames: &[(f64, Points)],
 ) -> Result<()> {
     if cfg.model.dim == 2 {
         let (_, source) = data_sources(cfg)?;
@@ -420,9 +424,10 @@ pub fn plot_run(
         let grid = 160;
         let (gp, _) = metrics::grid_points(lo, hi, grid);
         let v = metrics::energies(model, &gp)?;
-        let trajectories: Vec<Vec<(f64, f64)>> = (0..rec.keep)
+        let keep = frames.iter().map(|f| f.1.len()).max().unwrap_or(0);
+        let trajectories: Vec<Vec<(f64, f64)>> = (0..keep)
             .map(|i| {
-                rec.frames
+                frames
                     .iter()
                     .filter(|f| i < f.1.len())
                     .map(|f| (f.1.row(i)[0] as f64, f.1.row(i)[1] as f64))

@@ -42,108 +42,202 @@ impl CostFloat for f64 {
 /// Solves the assignment problem for the row-major `n × n` matrix `cost` (finite entries).
 ///
 /// Returns `assign` with `assign[row] = column`. Panics if `cost.len() != n * n`; callers
-/// validate shapes and finiteness first (see [`super::OtCoupling`]).
+/// validate shapes and finiteness first (see [`super::Coupling`]).
+///
+/// The algorithm follows LAPJV (Jonker & Volgenant, 1987): column reduction with reduction
+/// transfer, then shortest augmenting paths with scan lists of tied columns for the rows still
+/// free. LAPJV's augmenting row reduction is left out on purpose: on minibatch-OT costs
+/// (Gaussian noise vs data) it thrashed, tripling the time at n = 1024 (measured).
 pub fn solve<T: CostFloat>(cost: &[T], n: usize) -> Vec<usize> {
     assert_eq!(cost.len(), n * n, "assignment cost must be n×n");
     if n == 0 {
         return Vec::new();
     }
-    let c = |i: usize, j: usize| cost[i * n + j];
-    const FREE: usize = usize::MAX;
-    // Column reduction: v[j] = min_i C[i,j], u = 0 keeps all reduced costs ≥ 0.
-    let mut u = vec![T::ZERO; n];
-    let mut v = vec![T::INF; n];
-    let mut argmin = vec![0usize; n];
-    for i in 0..n {
-        let row = &cost[i * n..(i + 1) * n];
-        for j in 0..n {
-            if row[j] < v[j] {
-                v[j] = row[j];
-                argmin[j] = i;
-            }
-        }
+    if n == 1 {
+        return vec![0];
     }
-    // Greedy tight matching: column j takes its argmin row if that row is still free.
-    let mut row_of = vec![FREE; n];
-    let mut col_of = vec![FREE; n];
-    for j in 0..n {
-        let i = argmin[j];
-        if col_of[i] == FREE {
-            col_of[i] = j;
-            row_of[j] = i;
-        }
+    let mut s = Solver {
+        cost,
+        n,
+        x: vec![FREE; n],
+        y: vec![FREE; n],
+        v: vec![T::INF; n],
+    };
+    let free = s.column_reduction();
+    s.augment(&free);
+    s.x
+}
+
+const FREE: usize = usize::MAX;
+
+struct Solver<'a, T> {
+    cost: &'a [T],
+    n: usize,
+    /// column of each row
+    x: Vec<usize>,
+    /// row of each column
+    y: Vec<usize>,
+    /// column duals
+    v: Vec<T>,
+}
+
+impl<T: CostFloat> Solver<'_, T> {
+    fn row(&self, i: usize) -> &[T] {
+        &self.cost[i * self.n..(i + 1) * self.n]
     }
-    // Shortest augmenting path (Dijkstra on reduced costs) from each free row.
-    let mut min_slack = vec![T::INF; n];
-    let mut prev_col = vec![FREE; n];
-    let mut used = vec![false; n];
-    let mut used_cols: Vec<usize> = Vec::with_capacity(n);
-    for start in 0..n {
-        if col_of[start] != FREE {
-            continue;
-        }
-        min_slack.iter_mut().for_each(|m| *m = T::INF);
-        used.iter_mut().for_each(|b| *b = false);
-        used_cols.clear();
-        let mut row = start;
-        let mut prev = FREE; // column through which `row` was reached (FREE for the start row)
-        let mut acc = T::ZERO; // total delta so far: distances are measured from the start row
-        let end_col;
-        loop {
-            let ui = u[row];
-            let mut best = T::INF;
-            let mut best_j = FREE;
+
+    /// v[j] = min_i C[i,j]; each column takes its argmin row if free (scanning columns last to
+    /// first); uniquely assigned rows transfer their slack to their column. Returns free rows.
+    fn column_reduction(&mut self) -> Vec<usize> {
+        let n = self.n;
+        let mut argmin = vec![0usize; n];
+        for i in 0..n {
+            let row = &self.cost[i * n..(i + 1) * n];
             for j in 0..n {
-                if used[j] {
-                    continue;
+                if row[j] < self.v[j] {
+                    self.v[j] = row[j];
+                    argmin[j] = i;
                 }
-                let cur = acc + (c(row, j) - ui - v[j]);
-                if cur < min_slack[j] {
-                    min_slack[j] = cur;
-                    prev_col[j] = prev;
-                }
-                if min_slack[j] < best {
-                    best = min_slack[j];
-                    best_j = j;
-                }
-            }
-            // Every column reachable: costs are finite, so best_j is set.
-            let j = best_j;
-            used[j] = true;
-            used_cols.push(j);
-            acc = best;
-            if row_of[j] == FREE {
-                end_col = j;
-                break;
-            }
-            prev = j;
-            row = row_of[j];
-        }
-        // Update duals: rows and columns on the tree move by (acc − their distance).
-        for &j in &used_cols {
-            let dj = min_slack[j];
-            // the row matched to j (if any) was reached at distance dj
-            v[j] -= acc - dj;
-            let r = row_of[j];
-            if r != FREE {
-                u[r] += acc - dj;
             }
         }
-        u[start] += acc;
-        // Augment along prev_col links.
-        let mut j = end_col;
-        loop {
-            let pj = prev_col[j];
-            let r = if pj == FREE { start } else { row_of[pj] };
-            row_of[j] = r;
-            col_of[r] = j;
-            if pj == FREE {
-                break;
+        let mut unique = vec![true; n];
+        for j in (0..n).rev() {
+            let i = argmin[j];
+            if self.x[i] == FREE {
+                self.x[i] = j;
+                self.y[j] = i;
+            } else {
+                unique[i] = false;
             }
-            j = pj;
+        }
+        let mut free = Vec::new();
+        for (i, &uniq) in unique.iter().enumerate() {
+            if self.x[i] == FREE {
+                free.push(i);
+            } else if uniq {
+                let j = self.x[i];
+                let row = self.row(i);
+                let mut min = T::INF;
+                for (j2, &c) in row.iter().enumerate() {
+                    if j2 != j {
+                        let r = c - self.v[j2];
+                        if r < min {
+                            min = r;
+                        }
+                    }
+                }
+                self.v[j] -= min;
+            }
+        }
+        free
+    }
+
+    /// Shortest augmenting path from each remaining free row (Dijkstra on reduced costs with
+    /// `cols` partitioned into done | tied-at-minimum (to scan) | rest).
+    fn augment(&mut self, free: &[usize]) {
+        let n = self.n;
+        let mut d = vec![T::ZERO; n];
+        let mut pred = vec![0usize; n];
+        let mut cols: Vec<usize> = (0..n).collect();
+        for &start in free {
+            for j in 0..n {
+                cols[j] = j;
+                pred[j] = start;
+                d[j] = self.cost[start * n + j] - self.v[j];
+            }
+            let (mut lo, mut hi, mut n_ready) = (0usize, 0usize, 0usize);
+            let mut final_j = FREE;
+            while final_j == FREE {
+                if lo == hi {
+                    n_ready = lo;
+                    hi = find_ties(lo, &d, &mut cols);
+                    for &j in &cols[lo..hi] {
+                        if self.y[j] == FREE {
+                            final_j = j;
+                        }
+                    }
+                }
+                if final_j == FREE {
+                    final_j = self.scan(&mut lo, &mut hi, &mut d, &mut cols, &mut pred);
+                }
+            }
+            let mind = d[cols[lo]];
+            for &j in &cols[..n_ready] {
+                self.v[j] += d[j] - mind;
+            }
+            // flip the path
+            let mut j = final_j;
+            loop {
+                let i = pred[j];
+                self.y[j] = i;
+                let prev = std::mem::replace(&mut self.x[i], j);
+                if i == start {
+                    break;
+                }
+                j = prev;
+            }
         }
     }
-    col_of
+
+    fn scan(
+        &self,
+        plo: &mut usize,
+        phi: &mut usize,
+        d: &mut [T],
+        cols: &mut [usize],
+        pred: &mut [usize],
+    ) -> usize {
+        let n = self.n;
+        let (mut lo, mut hi) = (*plo, *phi);
+        while lo != hi {
+            let j = cols[lo];
+            lo += 1;
+            let i = self.y[j];
+            let mind = d[j];
+            let row = self.row(i);
+            let h = row[j] - self.v[j] - mind;
+            let mut k = hi;
+            while k < n {
+                let j = cols[k];
+                let cred = row[j] - self.v[j] - h;
+                if cred < d[j] {
+                    d[j] = cred;
+                    pred[j] = i;
+                    if cred == mind {
+                        if self.y[j] == FREE {
+                            return j;
+                        }
+                        cols[k] = cols[hi];
+                        cols[hi] = j;
+                        hi += 1;
+                    }
+                }
+                k += 1;
+            }
+        }
+        *plo = lo;
+        *phi = hi;
+        FREE
+    }
+}
+
+/// Moves the columns (from position `lo` on) with minimal `d` to `cols[lo..hi]`; returns `hi`.
+fn find_ties<T: CostFloat>(lo: usize, d: &[T], cols: &mut [usize]) -> usize {
+    let mut hi = lo + 1;
+    let mut mind = d[cols[lo]];
+    for k in lo + 1..cols.len() {
+        let j = cols[k];
+        if d[j] <= mind {
+            if d[j] < mind {
+                hi = lo;
+                mind = d[j];
+            }
+            cols[k] = cols[hi];
+            cols[hi] = j;
+            hi += 1;
+        }
+    }
+    hi
 }
 
 /// Total cost of an assignment.
@@ -213,6 +307,74 @@ mod tests {
                     assert!(
                         (got - want).abs() < 1e-9,
                         "n={n} seed={seed} {got} vs {want}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Reference: the textbook O(n³) Hungarian algorithm with potentials (e-maxx form).
+    fn hungarian_cost(c: &[f64], n: usize) -> f64 {
+        let (mut u, mut v) = (vec![0.0; n + 1], vec![0.0; n + 1]);
+        let (mut p, mut way) = (vec![0usize; n + 1], vec![0usize; n + 1]);
+        for i in 1..=n {
+            p[0] = i;
+            let mut j0 = 0;
+            let mut minv = vec![f64::INFINITY; n + 1];
+            let mut used = vec![false; n + 1];
+            loop {
+                used[j0] = true;
+                let (i0, mut delta, mut j1) = (p[j0], f64::INFINITY, 0);
+                for j in 1..=n {
+                    if !used[j] {
+                        let cur = c[(i0 - 1) * n + j - 1] - u[i0] - v[j];
+                        if cur < minv[j] {
+                            minv[j] = cur;
+                            way[j] = j0;
+                        }
+                        if minv[j] < delta {
+                            delta = minv[j];
+                            j1 = j;
+                        }
+                    }
+                }
+                for j in 0..=n {
+                    if used[j] {
+                        u[p[j]] += delta;
+                        v[j] -= delta;
+                    } else {
+                        minv[j] -= delta;
+                    }
+                }
+                j0 = j1;
+                if p[j0] == 0 {
+                    break;
+                }
+            }
+            loop {
+                let j1 = way[j0];
+                p[j0] = p[j1];
+                j0 = j1;
+                if j0 == 0 {
+                    break;
+                }
+            }
+        }
+        (1..=n).map(|j| c[(p[j] - 1) * n + j - 1]).sum()
+    }
+
+    #[test]
+    fn matches_the_hungarian_reference_on_larger_problems() {
+        for n in [20, 57, 128] {
+            for seed in 0..4 {
+                for levels in [None, Some(5)] {
+                    let c = random_cost(n, seed, levels);
+                    let a = solve(&c, n);
+                    assert!(is_permutation(&a));
+                    let (got, want) = (assignment_cost(&c, n, &a), hungarian_cost(&c, n));
+                    assert!(
+                        (got - want).abs() < 1e-9 * want.max(1.0),
+                        "n={n} seed={seed}: {got} vs {want}"
                     );
                 }
             }

@@ -284,6 +284,10 @@ impl Model for Mlp {
         }
     }
 
+    fn host_field(&self) -> Result<Box<dyn crate::sampler::GradField + '_>> {
+        Ok(Box::new(self.host()?))
+    }
+
     fn flat_grads(&self, grads: &Gradients) -> Vec<Option<Tensor<1>>> {
         self.params
             .iter()

@@ -8,22 +8,25 @@
 //! parameter gradient of a loss built on it (see the tests of each implementation).
 
 mod activation;
+mod host_mlp;
 mod mlp;
 mod quadratic;
 
 pub use activation::Activation;
+pub use host_mlp::HostMlp;
 pub use mlp::{Mlp, MlpConfig};
 pub use quadratic::Quadratic;
 
 use burn::tensor::{Gradients, Tensor};
 
+use crate::sampler::{GradField, TensorField};
 use crate::Result;
 
 /// A batch potential with an explicit, differentiable input gradient.
 ///
 /// # Shapes
 /// `x: [batch, dim]` → energies `[batch]`, gradients `[batch, dim]`.
-pub trait Potential {
+pub trait Potential: Send + Sync {
     /// The input dimension D.
     fn dim(&self) -> usize;
 
@@ -57,6 +60,14 @@ pub trait Model: Potential + Clone {
     /// The gradient of each parameter of a [`Model::tracked`] copy after `backward`, flattened;
     /// `None` where the loss does not depend on it (e.g. the last bias under the flow loss).
     fn flat_grads(&self, grads: &Gradients) -> Vec<Option<Tensor<1>>>;
+    /// The form samplers integrate: a fused host kernel where the model has one, otherwise a
+    /// tensor adapter.
+    fn host_field(&self) -> Result<Box<dyn GradField + '_>> {
+        Ok(Box::new(TensorField {
+            potential: self,
+            precision: crate::backend::Precision::F32,
+        }))
+    }
     /// Total number of scalar parameters.
     fn num_params(&self) -> usize {
         self.param_shapes()

@@ -1,38 +1,46 @@
 //! Extra energies added to V during sampling: E(x) = V(x) + Σ terms. Each term gives its value
-//! and its input gradient; terms combine only by summation.
+//! and adds its input gradient; terms combine only by summation.
 
-use burn::tensor::Tensor;
-
-/// An additive energy term over a batch.
-pub trait EnergyTerm {
-    /// Its value per row, `[B]`.
-    fn energy(&self, x: Tensor<2>) -> Tensor<1>;
-    /// Its gradient, `[B, D]`.
-    fn grad(&self, x: Tensor<2>) -> Tensor<2>;
+/// An additive energy term over rows of `dim` values.
+pub trait EnergyTerm: Sync {
+    /// Its value for each of the `n` rows into `out`.
+    fn energy(&self, x: &[f32], n: usize, dim: usize, out: &mut [f32]);
+    /// Adds `weight · ∇term` to `out` (`n · dim` values).
+    fn add_grad(&self, x: &[f32], n: usize, dim: usize, weight: f32, out: &mut [f32]);
 }
 
 /// An observation of selected coordinates, y = x[mask] + noise of std σ_y:
-/// E(x) = Σ_{k∈mask} (x_k − y_k)² / (2σ_y²) · strength (inpainting in its simplest form).
+/// E(x) = strength · Σ_{k∈mask} (x_k − y_k)² / (2σ_y²) — inpainting in its simplest form.
 pub struct QuadraticObservation {
-    /// 1 on observed coordinates, 0 elsewhere, `[1, D]`.
-    pub mask: Tensor<2>,
-    /// Observed values (anything on unobserved coordinates), `[1, D]`.
-    pub y: Tensor<2>,
+    /// 1 on observed coordinates, 0 elsewhere (`dim` values).
+    pub mask: Vec<f32>,
+    /// Observed values (anything on unobserved coordinates).
+    pub y: Vec<f32>,
     /// Noise scale σ_y > 0.
-    pub sigma: f64,
+    pub sigma: f32,
     /// Guidance strength.
-    pub strength: f64,
+    pub strength: f32,
 }
 
 impl EnergyTerm for QuadraticObservation {
-    fn energy(&self, x: Tensor<2>) -> Tensor<1> {
-        let r = (x - self.y.clone()) * self.mask.clone();
-        let e = r.powi_scalar(2).sum_dim(1) * (self.strength / (2.0 * self.sigma * self.sigma));
-        let b = e.dims()[0];
-        e.reshape([b])
+    fn energy(&self, x: &[f32], n: usize, dim: usize, out: &mut [f32]) {
+        let c = self.strength / (2.0 * self.sigma * self.sigma);
+        for (o, row) in out.iter_mut().zip(x.chunks(dim)).take(n) {
+            *o = c * row
+                .iter()
+                .zip(&self.y)
+                .zip(&self.mask)
+                .map(|((a, y), m)| m * (a - y) * (a - y))
+                .sum::<f32>();
+        }
     }
 
-    fn grad(&self, x: Tensor<2>) -> Tensor<2> {
-        (x - self.y.clone()) * self.mask.clone() * (self.strength / (self.sigma * self.sigma))
+    fn add_grad(&self, x: &[f32], n: usize, dim: usize, weight: f32, out: &mut [f32]) {
+        let c = weight * self.strength / (self.sigma * self.sigma);
+        for (orow, row) in out.chunks_mut(dim).zip(x.chunks(dim)).take(n) {
+            for k in 0..dim {
+                orow[k] += c * self.mask[k] * (row[k] - self.y[k]);
+            }
+        }
     }
 }

@@ -1,18 +1,20 @@
-//! Integrators for dx = −∇E(x) dt + √(2ε(t)) dW, where E = V + Σ extra terms.
+//! Integrators for dx = −∇E(x) dt + √(2ε(t)) dW, where E = V + Σ extra terms, on host f32
+//! buffers.
 //!
 //! Invariants: samplers never create entropy — sample *i* draws its start point and all its
-//! noise from `rng::stream(seed, Sample, i)`, so it is the same whatever the batch or chunk
-//! it is computed in; they run on plain (untracked) tensors, so no autodiff tape is built.
+//! noise from `rng::stream(seed, Sample, i)`, so it is the same whatever the batch or block it
+//! is computed in; they build no autodiff tape. Blocks of rows are independent and run in
+//! parallel (rayon), each with its own [`Scratch`].
 
 mod energy_terms;
+mod field;
 
 pub use energy_terms::{EnergyTerm, QuadraticObservation};
+pub use field::{GradField, Scratch, TensorField};
 
-use burn::tensor::Tensor;
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::backend::{from_points, to_points, Precision};
-use crate::potential::Potential;
 use crate::rng::{fill_normal, stream, Purpose, Rng};
 use crate::schedule::Schedule;
 use crate::{EmError, Points, Result};
@@ -51,7 +53,7 @@ pub struct SamplerConfig {
     pub dt: f64,
     /// End time T ≥ 0 (steps = round(T/Δt)).
     pub t_end: f64,
-    /// Points integrated at once.
+    /// Rows per block; blocks run in parallel.
     pub chunk: usize,
     /// Clamp the final samples to [lo, hi] (images use [−1, 1]).
     pub clamp: Option<[f64; 2]>,
@@ -63,7 +65,7 @@ impl Default for SamplerConfig {
             kind: SamplerKind::EulerMaruyama,
             dt: 0.01,
             t_end: 2.6,
-            chunk: 1024,
+            chunk: 256,
             clamp: None,
         }
     }
@@ -92,9 +94,9 @@ impl SamplerConfig {
 
 /// The drift field −∇E with E = V + Σ extra terms.
 pub struct Drift<'a> {
-    /// The learned potential.
-    pub potential: &'a dyn Potential,
-    /// Added energies (observations, guidance, interactions).
+    /// The learned potential (its host form).
+    pub field: &'a dyn GradField,
+    /// Added energies (observations, guidance, interactions); they combine by summation.
     pub extra: &'a [&'a dyn EnergyTerm],
     /// Multiply the extra terms by ε(t)/ε_max, so that they act in the Langevin stage only
     /// (the reference's convention); otherwise they act with weight 1 at all times.
@@ -103,17 +105,25 @@ pub struct Drift<'a> {
 
 impl<'a> Drift<'a> {
     /// Only the potential.
-    pub fn new(potential: &'a dyn Potential) -> Self {
+    pub fn new(field: &'a dyn GradField) -> Self {
         Self {
-            potential,
+            field,
             extra: &[],
             extra_scaled_by_temperature: false,
         }
     }
 
-    /// ∇E(x) at time t.
-    pub fn grad(&self, x: Tensor<2>, t: f64, schedule: &Schedule) -> Tensor<2> {
-        let mut g = self.potential.grad(x.clone());
+    /// ∇E at time t for `n` rows of `x` into `out`.
+    pub fn grad(
+        &self,
+        x: &[f32],
+        n: usize,
+        t: f64,
+        schedule: &Schedule,
+        out: &mut [f32],
+        s: &mut Scratch,
+    ) {
+        self.field.grad(x, n, out, s);
         let w = if self.extra_scaled_by_temperature && schedule.epsilon_max > 0.0 {
             schedule.temperature(t) / schedule.epsilon_max
         } else {
@@ -121,175 +131,202 @@ impl<'a> Drift<'a> {
         };
         if w != 0.0 {
             for term in self.extra {
-                g = g + term.grad(x.clone()) * w;
+                term.add_grad(x, n, self.field.dim(), w as f32, out);
             }
         }
-        g
     }
 }
 
-/// Per-row standard normal noise drawn from each row's own generator.
-pub fn row_noise(rngs: &mut [Rng], dim: usize, like: &Tensor<2>) -> Tensor<2> {
-    let mut buf = vec![0.0f32; rngs.len() * dim];
-    for (r, chunk) in rngs.iter_mut().zip(buf.chunks_mut(dim)) {
-        fill_normal(r, chunk);
-    }
-    let p = Points::new(rngs.len(), dim, buf).expect("rows·dim values");
-    from_points(&p, &like.device(), precision_of(like))
-}
-
-fn precision_of(t: &Tensor<2>) -> Precision {
-    if t.dtype() == burn::tensor::DType::F64 {
-        Precision::F64
-    } else {
-        Precision::F32
-    }
-}
-
-/// One integration step at time `t` for every row. `kick` is the scaled noise σ_b ξ_b,
-/// σ_b = √(2 ε_b Δt) (rows may run at different temperatures, as split negatives do).
+/// One in-place integration step of `n` rows at time `t`. `kick` is the scaled noise σ_b ξ_b
+/// with σ_b = √(2 ε_b Δt) (rows may run at different temperatures, as split negatives do).
+#[allow(clippy::too_many_arguments)]
 pub fn step(
     drift: &Drift,
     schedule: &Schedule,
     kind: SamplerKind,
-    x: Tensor<2>,
+    x: &mut [f32],
+    n: usize,
     t: f64,
     dt: f64,
-    kick: Option<Tensor<2>>,
-) -> Tensor<2> {
-    let g = drift.grad(x.clone(), t, schedule);
-    let euler = match &kick {
-        Some(k) => x.clone() - g.clone() * dt + k.clone(),
-        None => x.clone() - g.clone() * dt,
-    };
-    if !kind.heun() {
-        return euler;
+    kick: Option<&[f32]>,
+    s: &mut Scratch,
+) {
+    let len = n * drift.field.dim();
+    let mut g = s.take(len);
+    drift.grad(x, n, t, schedule, &mut g, s);
+    let dt32 = dt as f32;
+    if kind.heun() {
+        let mut pred = s.take(len);
+        for k in 0..len {
+            pred[k] = x[k] - dt32 * g[k] + kick.map_or(0.0, |c| c[k]);
+        }
+        let mut g2 = s.take(len);
+        drift.grad(&pred, n, t + dt, schedule, &mut g2, s);
+        for k in 0..len {
+            x[k] += -0.5 * dt32 * (g[k] + g2[k]) + kick.map_or(0.0, |c| c[k]);
+        }
+        s.give(pred);
+        s.give(g2);
+    } else {
+        for k in 0..len {
+            x[k] += -dt32 * g[k] + kick.map_or(0.0, |c| c[k]);
+        }
     }
-    let g2 = drift.grad(euler, t + dt, schedule);
-    let avg = (g + g2) * (0.5 * dt);
-    match kick {
-        Some(k) => x - avg + k,
-        None => x - avg,
-    }
+    s.give(g);
 }
 
-/// Everything [`sample`] needs besides the potential.
+/// Everything [`sample`] needs besides the drift.
 pub struct SampleRequest<'a> {
     /// Integration settings.
     pub config: &'a SamplerConfig,
     /// ε(t).
     pub schedule: Schedule,
     /// Draws one starting point from a generator (the source distribution x₀).
-    pub source: &'a dyn Fn(&mut Rng) -> Vec<f32>,
+    pub source: &'a (dyn Fn(&mut Rng) -> Vec<f32> + Sync),
     /// Number of samples.
     pub n: usize,
     /// Base seed; sample i uses stream (seed, Sample, first_index + i).
     pub seed: u64,
     /// Index of the first sample (to draw a later slice of the same set).
     pub first_index: u64,
-    /// Float precision of the computation.
-    pub precision: Precision,
 }
 
-/// Called after every step with (chunk start, step index, time after the step, state).
-pub type Observer<'a> = dyn FnMut(usize, usize, f64, &Tensor<2>) + 'a;
+/// Called after every step of every block with (first row of the block, step index, time after
+/// the step, the block's rows). Blocks run in parallel, so it must be `Sync`.
+pub type Observer<'a> = dyn Fn(usize, usize, f64, &[f32]) + Sync + 'a;
 
-/// Integrates `n` points from the source to time T, in chunks. Returns the final points.
-pub fn sample(drift: &Drift, req: &SampleRequest, observer: &mut Observer) -> Result<Points> {
+fn sample_block(
+    drift: &Drift,
+    req: &SampleRequest,
+    start: usize,
+    len: usize,
+    observer: &Observer,
+) -> Result<Vec<f32>> {
+    let dim = drift.field.dim();
+    let mut rngs: Vec<Rng> = (0..len)
+        .map(|i| {
+            stream(
+                req.seed,
+                Purpose::Sample,
+                req.first_index + (start + i) as u64,
+            )
+        })
+        .collect();
+    let mut x = Vec::with_capacity(len * dim);
+    for r in rngs.iter_mut() {
+        let p = (req.source)(r);
+        if p.len() != dim {
+            return Err(EmError::shape(
+                "sampler source",
+                format!("points of dimension {dim}"),
+                format!("dimension {}", p.len()),
+            ));
+        }
+        x.extend(p);
+    }
+    let mut scratch = Scratch::default();
+    let mut kick = vec![0.0f32; len * dim];
+    let cfg = req.config;
+    for k in 0..cfg.steps() {
+        let t = k as f64 * cfg.dt;
+        let eps = if cfg.kind.stochastic() {
+            req.schedule.temperature(t)
+        } else {
+            0.0
+        };
+        let noisy = eps > 0.0;
+        if noisy {
+            let sigma = (2.0 * eps * cfg.dt).sqrt() as f32;
+            for (r, row) in rngs.iter_mut().zip(kick.chunks_mut(dim)) {
+                fill_normal(r, row);
+                row.iter_mut().for_each(|v| *v *= sigma);
+            }
+        }
+        step(
+            drift,
+            &req.schedule,
+            cfg.kind,
+            &mut x,
+            len,
+            t,
+            cfg.dt,
+            noisy.then_some(&kick[..]),
+            &mut scratch,
+        );
+        observer(start, k, t + cfg.dt, &x);
+    }
+    if let Some([lo, hi]) = cfg.clamp {
+        x.iter_mut()
+            .for_each(|v| *v = v.clamp(lo as f32, hi as f32));
+    }
+    Ok(x)
+}
+
+/// Integrates `n` points from the source to time T in parallel blocks; returns the final points.
+pub fn sample(drift: &Drift, req: &SampleRequest, observer: &Observer) -> Result<Points> {
     req.config.validate()?;
     if req.n == 0 {
         return Err(EmError::invalid("n", "at least 1 sample", 0));
     }
-    let dim = drift.potential.dim();
-    let device = crate::backend::cpu();
-    let steps = req.config.steps();
+    let dim = drift.field.dim();
+    let starts: Vec<usize> = (0..req.n).step_by(req.config.chunk).collect();
+    let blocks: Vec<Result<Vec<f32>>> = if drift.field.parallel_safe() {
+        starts
+            .par_iter()
+            .map(|&s| sample_block(drift, req, s, req.config.chunk.min(req.n - s), observer))
+            .collect()
+    } else {
+        starts
+            .iter()
+            .map(|&s| sample_block(drift, req, s, req.config.chunk.min(req.n - s), observer))
+            .collect()
+    };
     let mut out = Vec::with_capacity(req.n * dim);
-    let mut start = 0;
-    while start < req.n {
-        let len = req.config.chunk.min(req.n - start);
-        let mut rngs: Vec<Rng> = (0..len)
-            .map(|i| {
-                stream(
-                    req.seed,
-                    Purpose::Sample,
-                    req.first_index + (start + i) as u64,
-                )
-            })
-            .collect();
-        let mut init = Vec::with_capacity(len * dim);
-        for r in rngs.iter_mut() {
-            let p = (req.source)(r);
-            if p.len() != dim {
-                return Err(EmError::shape(
-                    "sampler source",
-                    format!("points of dimension {dim}"),
-                    format!("dimension {}", p.len()),
-                ));
-            }
-            init.extend(p);
-        }
-        let mut x = from_points(&Points::new(len, dim, init)?, &device, req.precision);
-        for k in 0..steps {
-            let t = k as f64 * req.config.dt;
-            let eps = if req.config.kind.stochastic() {
-                req.schedule.temperature(t)
-            } else {
-                0.0
-            };
-            let kick = (eps > 0.0)
-                .then(|| row_noise(&mut rngs, dim, &x) * (2.0 * eps * req.config.dt).sqrt());
-            x = step(
-                drift,
-                &req.schedule,
-                req.config.kind,
-                x,
-                t,
-                req.config.dt,
-                kick,
-            );
-            observer(start, k, t + req.config.dt, &x);
-        }
-        if let Some([lo, hi]) = req.config.clamp {
-            x = x.clamp(lo, hi);
-        }
-        out.extend(to_points(x)?.into_vec());
-        start += len;
+    for b in blocks {
+        out.extend(b?);
     }
     let pts = Points::new(req.n, dim, out)?;
     pts.check_finite("samples")?;
     Ok(pts)
 }
 
-/// Records every `every`-th state of the first `keep` samples of the first chunk.
+/// Records every `every`-th state of the first `keep` samples (block starting at row 0).
 pub struct TrajectoryRecorder {
     /// Record every this many steps.
     pub every: usize,
     /// Number of samples to follow.
     pub keep: usize,
     /// (time, points) snapshots.
-    pub frames: Vec<(f64, Points)>,
+    pub frames: std::sync::Mutex<Vec<(f64, Points)>>,
 }
 
 impl TrajectoryRecorder {
-    /// A recorder following `keep` samples every `every` steps (the start is added by the caller).
+    /// A recorder following `keep` samples every `every` steps.
     pub fn new(every: usize, keep: usize) -> Self {
         Self {
             every: every.max(1),
             keep,
-            frames: Vec::new(),
+            frames: std::sync::Mutex::new(Vec::new()),
         }
     }
 
     /// Observer hook: call from the [`sample`] observer.
-    pub fn observe(&mut self, chunk_start: usize, k: usize, t: f64, x: &Tensor<2>) {
-        if chunk_start != 0 || !(k + 1).is_multiple_of(self.every) {
+    pub fn observe(&self, block_start: usize, k: usize, t: f64, x: &[f32], dim: usize) {
+        if block_start != 0 || !(k + 1).is_multiple_of(self.every) {
             return;
         }
-        let [b, _] = x.dims();
-        let rows = self.keep.min(b);
-        if let Ok(p) = to_points(x.clone().slice(0..rows)) {
-            self.frames.push((t, p));
+        let rows = self.keep.min(x.len() / dim);
+        if let (Ok(p), Ok(mut f)) = (
+            Points::new(rows, dim, x[..rows * dim].to_vec()),
+            self.frames.lock(),
+        ) {
+            f.push((t, p));
         }
+    }
+
+    /// The recorded frames.
+    pub fn into_frames(self) -> Vec<(f64, Points)> {
+        self.frames.into_inner().unwrap_or_default()
     }
 }
 

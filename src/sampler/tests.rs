@@ -1,18 +1,24 @@
 use super::*;
-use crate::backend::{cpu, matrix};
+use crate::backend::{cpu, Precision};
 use crate::potential::Quadratic;
 use crate::rng::normal;
 
-fn quad(p: Precision) -> Quadratic {
+fn quad() -> Quadratic {
     // V = ½·(2 (x₀ − 1)² + 0.5 (x₁ + 2)²)
-    Quadratic::new(&[1.0, -2.0], &[2.0, 0.5], &cpu(), p)
+    Quadratic::new(&[1.0, -2.0], &[2.0, 0.5], &cpu(), Precision::F64)
 }
 
 fn std_normal(r: &mut Rng) -> Vec<f32> {
     vec![normal(r) as f32, normal(r) as f32]
 }
 
-fn run(
+fn no_observer() -> impl Fn(usize, usize, f64, &[f32]) + Sync {
+    |_, _, _, _| {}
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_with(
+    field: &dyn GradField,
     kind: SamplerKind,
     n: usize,
     t_end: f64,
@@ -21,7 +27,6 @@ fn run(
     sched: Schedule,
     first: u64,
 ) -> Points {
-    let q = quad(Precision::F64);
     let cfg = SamplerConfig {
         kind,
         dt,
@@ -36,9 +41,33 @@ fn run(
         n,
         seed: 11,
         first_index: first,
-        precision: Precision::F64,
     };
-    sample(&Drift::new(&q), &req, &mut |_, _, _, _| {}).unwrap()
+    sample(&Drift::new(field), &req, &no_observer()).unwrap()
+}
+
+fn run(
+    kind: SamplerKind,
+    n: usize,
+    t_end: f64,
+    dt: f64,
+    chunk: usize,
+    sched: Schedule,
+    first: u64,
+) -> Points {
+    let q = quad();
+    run_with(
+        &TensorField {
+            potential: &q,
+            precision: Precision::F64,
+        },
+        kind,
+        n,
+        t_end,
+        dt,
+        chunk,
+        sched,
+        first,
+    )
 }
 
 #[test]
@@ -55,7 +84,7 @@ fn langevin_reaches_the_boltzmann_gaussian_of_a_quadratic() {
             (m[0] - 1.0).abs() < 0.03 && (m[1] + 2.0).abs() < 0.06,
             "{kind:?} mean {m:?}"
         );
-        // 4000 samples: relative std error of a variance ≈ √(2/4000) ≈ 2.2 %; Euler's bias at Δt a = 0.02 is ~1 %
+        // 4000 samples: relative std error of a variance ≈ √(2/4000) ≈ 2.2 %; Euler's bias at Δt·a = 0.02 is ~1 %
         assert!((var[0] / 0.1 - 1.0).abs() < 0.1, "{kind:?} var {var:?}");
         assert!((var[1] / 0.4 - 1.0).abs() < 0.1, "{kind:?} var {var:?}");
     }
@@ -103,25 +132,29 @@ fn sample_i_does_not_depend_on_batch_or_chunk() {
     for i in 0..4 {
         assert_eq!(all.row(6 + i), tail.row(i));
     }
-    let other_seed_differs =
-        all.row(0) != run(SamplerKind::EulerMaruyama, 1, 1.0, 0.05, 1, sched, 1).row(0);
-    assert!(other_seed_differs);
+    assert_ne!(
+        all.row(0),
+        run(SamplerKind::EulerMaruyama, 1, 1.0, 0.05, 1, sched, 1).row(0)
+    );
 }
 
 #[test]
 fn an_observation_term_pulls_samples_to_the_posterior() {
     // prior V = ½ x² (ε = 1 ⇒ N(0,1)), observe x₀ = 2 with σ_y = 1: posterior of x₀ is N(1, ½).
-    let dev = cpu();
-    let prior = Quadratic::new(&[0.0, 0.0], &[1.0, 1.0], &dev, Precision::F64);
+    let prior = Quadratic::new(&[0.0, 0.0], &[1.0, 1.0], &cpu(), Precision::F64);
+    let field = TensorField {
+        potential: &prior,
+        precision: Precision::F64,
+    };
     let obs = QuadraticObservation {
-        mask: matrix(vec![1.0, 0.0], 1, 2, &dev, Precision::F64),
-        y: matrix(vec![2.0, 0.0], 1, 2, &dev, Precision::F64),
+        mask: vec![1.0, 0.0],
+        y: vec![2.0, 0.0],
         sigma: 1.0,
         strength: 1.0,
     };
     let terms: [&dyn EnergyTerm; 1] = [&obs];
     let drift = Drift {
-        potential: &prior,
+        field: &field,
         extra: &terms,
         extra_scaled_by_temperature: false,
     };
@@ -139,19 +172,25 @@ fn an_observation_term_pulls_samples_to_the_posterior() {
         n: 3000,
         seed: 5,
         first_index: 0,
-        precision: Precision::F64,
     };
-    let p = sample(&drift, &req, &mut |_, _, _, _| {}).unwrap();
+    let p = sample(&drift, &req, &no_observer()).unwrap();
     let m = p.mean();
     let v0 = p.rows().map(|r| (r[0] as f64 - m[0]).powi(2)).sum::<f64>() / 3000.0;
     assert!((m[0] - 1.0).abs() < 0.05, "{m:?}");
     assert!(m[1].abs() < 0.07, "{m:?}");
     assert!((v0 - 0.5).abs() < 0.06, "{v0}");
+    let mut e = [0.0f32];
+    obs.energy(&[3.0, 7.0], 1, 2, &mut e);
+    assert_eq!(e[0], 0.5); // (3 − 2)² / 2, the unobserved coordinate ignored
 }
 
 #[test]
 fn bad_settings_are_rejected() {
-    let q = quad(Precision::F32);
+    let q = quad();
+    let field = TensorField {
+        potential: &q,
+        precision: Precision::F64,
+    };
     let sched = Schedule::new(1.0, 0.1).unwrap();
     for (cfg, n, want) in [
         (
@@ -187,9 +226,8 @@ fn bad_settings_are_rejected() {
             n,
             seed: 0,
             first_index: 0,
-            precision: Precision::F32,
         };
-        let e = sample(&Drift::new(&q), &req, &mut |_, _, _, _| {})
+        let e = sample(&Drift::new(&field), &req, &no_observer())
             .unwrap_err()
             .to_string();
         assert!(e.contains(want), "{e}");
@@ -198,7 +236,11 @@ fn bad_settings_are_rejected() {
 
 #[test]
 fn recorder_keeps_requested_frames() {
-    let q = quad(Precision::F32);
+    let q = quad();
+    let field = TensorField {
+        potential: &q,
+        precision: Precision::F64,
+    };
     let cfg = SamplerConfig {
         t_end: 0.1,
         dt: 0.01,
@@ -211,14 +253,63 @@ fn recorder_keeps_requested_frames() {
         n: 5,
         seed: 0,
         first_index: 0,
-        precision: Precision::F32,
     };
-    let mut rec = TrajectoryRecorder::new(2, 3);
-    sample(&Drift::new(&q), &req, &mut |c, k, t, x| {
-        rec.observe(c, k, t, x)
+    let rec = TrajectoryRecorder::new(2, 3);
+    sample(&Drift::new(&field), &req, &|c, k, t, x| {
+        rec.observe(c, k, t, x, 2)
     })
     .unwrap();
-    assert_eq!(rec.frames.len(), 5);
-    assert_eq!(rec.frames[0].1.len(), 3);
-    assert!((rec.frames[4].0 - 0.1).abs() < 1e-9);
+    let frames = rec.into_frames();
+    assert_eq!(frames.len(), 5);
+    assert_eq!(frames[0].1.len(), 3);
+    assert!((frames[4].0 - 0.1).abs() < 1e-9);
+}
+
+#[test]
+fn fused_host_mlp_matches_the_tensor_mlp() {
+    use crate::potential::{Activation, MlpConfig, Potential};
+    let (n, d) = (37, 3);
+    let mut r = stream(3, Purpose::Eval, 0);
+    let x: Vec<f32> = (0..n * d).map(|_| 2.0 * normal(&mut r) as f32).collect();
+    for act in Activation::ALL {
+        for clamp in [None, Some(1.3)] {
+            let cfg = MlpConfig {
+                dim: d,
+                hidden: vec![16, 9, 12],
+                activation: act,
+                first_activation: Some(Activation::Relu),
+                output_scale: 0.7,
+                energy_clamp: clamp,
+            };
+            let m = cfg.init(1, &cpu(), Precision::F32).unwrap();
+            let host = m.host().unwrap();
+            let (mut e, mut g) = (vec![0.0; n], vec![0.0; n * d]);
+            host.energy_grad(&x, n, Some(&mut e), &mut g, &mut Scratch::default());
+            let xt = crate::backend::from_points(
+                &Points::new(n, d, x.clone()).unwrap(),
+                &cpu(),
+                Precision::F32,
+            );
+            let (te, tg) = m.energy_and_grad(xt);
+            let (te, tg) = (
+                crate::backend::to_f64_vec(te),
+                crate::backend::to_f64_vec(tg),
+            );
+            let scale = tg.iter().map(|v| v.abs()).fold(1e-3, f64::max);
+            for k in 0..n * d {
+                assert!(
+                    (g[k] as f64 - tg[k]).abs() < 2e-5 * scale,
+                    "{act:?} {clamp:?} grad {k}: {} vs {}",
+                    g[k],
+                    tg[k]
+                );
+            }
+            for i in 0..n {
+                assert!(
+                    (e[i] as f64 - te[i]).abs() < 2e-5 * te[i].abs().max(1.0),
+                    "{act:?} {clamp:?} energy {i}"
+                );
+            }
+        }
+    }
 }

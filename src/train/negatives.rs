@@ -1,13 +1,14 @@
-//! Langevin negatives for the contrastive term: chains run on the untracked potential (no
-//! autodiff tape), and their end points are treated as constants by the parameter update.
+//! Langevin negatives for the contrastive term: chains run on the host form of the potential
+//! (no autodiff tape) in parallel blocks, and their end points are treated as constants by the
+//! parameter update. Chain c of step s draws its noise from its own stream
+//! (seed, Negative, s·2²⁰ + c), so results do not depend on the number of threads.
 
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::backend::{from_points, to_points, Precision};
 use crate::data::DataSource;
-use crate::potential::Potential;
-use crate::rng::{fill_normal, Rng};
-use crate::sampler::{step, Drift, SamplerKind};
+use crate::rng::{fill_normal, stream, Purpose, Rng};
+use crate::sampler::{step, Drift, GradField, SamplerKind, Scratch};
 use crate::schedule::Schedule;
 use crate::{Points, Result};
 
@@ -58,7 +59,7 @@ impl Default for NegativesConfig {
 }
 
 impl NegativesConfig {
-    /// Chain time of chain kind (`data_started`) at step k.
+    /// Chain time of a chain (`data_started` or not) at step k.
     pub fn time(&self, k: usize, data_started: bool) -> f64 {
         match self.time_mode {
             TimeMode::SweepToOne => {
@@ -76,50 +77,79 @@ impl NegativesConfig {
     }
 }
 
-/// Runs the negative chains: returns their end points (constants for the θ-update).
+/// Where negative chains start and which random streams they use.
+pub struct ChainSetup<'a> {
+    /// Data distribution (data-started chains).
+    pub target: &'a DataSource,
+    /// Source distribution (noise-started chains).
+    pub source: &'a DataSource,
+    /// Run seed.
+    pub seed: u64,
+    /// Training step (selects the chains' noise streams).
+    pub step: u64,
+}
+
+/// Runs `n` negative chains; returns their end points. Start points come from `rng`.
 pub fn generate(
-    potential: &dyn Potential,
+    field: &dyn GradField,
     schedule: &Schedule,
     cfg: &NegativesConfig,
     n: usize,
-    (target, source): (&DataSource, &DataSource),
-    precision: Precision,
+    setup: &ChainSetup,
     rng: &mut Rng,
 ) -> Result<Points> {
     let n_data = if cfg.split { n / 2 } else { 0 };
-    let init = target
+    let init = setup
+        .target
         .sample(n_data, rng)
-        .concat(&source.sample(n - n_data, rng))?;
+        .concat(&setup.source.sample(n - n_data, rng))?;
     let dim = init.dim();
-    let device = crate::backend::cpu();
-    let mut x = from_points(&init, &device, precision);
-    let drift = Drift::new(potential);
-    let mut noise = vec![0.0f32; n * dim];
-    for k in 0..cfg.n_gibbs {
-        let t_data = cfg.time(k, true);
-        let t_noise = cfg.time(k, false);
-        let sd = (2.0 * schedule.temperature(t_data) * cfg.dt).sqrt() as f32;
-        let sn = (2.0 * schedule.temperature(t_noise) * cfg.dt).sqrt() as f32;
-        fill_normal(rng, &mut noise);
-        for (i, row) in noise.chunks_mut(dim).enumerate() {
-            let s = if i < n_data { sd } else { sn };
-            row.iter_mut().for_each(|v| *v *= s);
-        }
-        let kick = from_points(&Points::new(n, dim, noise.clone())?, &device, precision);
-        x = step(
-            &drift,
-            schedule,
-            SamplerKind::EulerMaruyama,
-            x,
-            t_noise,
-            cfg.dt,
-            Some(kick),
-        );
-    }
+    let threads = rayon::current_num_threads().max(1);
+    let block = n.div_ceil(threads).max(1);
+    let mut x = init.into_vec();
+    x.par_chunks_mut(block * dim)
+        .enumerate()
+        .for_each(|(b, xs)| {
+            let first = b * block;
+            let rows = xs.len() / dim;
+            let mut rngs: Vec<Rng> = (0..rows)
+                .map(|i| {
+                    stream(
+                        setup.seed,
+                        Purpose::Negative,
+                        (setup.step << 20) + (first + i) as u64,
+                    )
+                })
+                .collect();
+            let drift = Drift::new(field);
+            let mut scratch = Scratch::default();
+            let mut kick = vec![0.0f32; rows * dim];
+            for k in 0..cfg.n_gibbs {
+                let sd = (2.0 * schedule.temperature(cfg.time(k, true)) * cfg.dt).sqrt() as f32;
+                let sn = (2.0 * schedule.temperature(cfg.time(k, false)) * cfg.dt).sqrt() as f32;
+                for (i, (r, row)) in rngs.iter_mut().zip(kick.chunks_mut(dim)).enumerate() {
+                    fill_normal(r, row);
+                    let s = if first + i < n_data { sd } else { sn };
+                    row.iter_mut().for_each(|v| *v *= s);
+                }
+                step(
+                    &drift,
+                    schedule,
+                    SamplerKind::EulerMaruyama,
+                    xs,
+                    rows,
+                    cfg.time(k, false),
+                    cfg.dt,
+                    Some(&kick),
+                    &mut scratch,
+                );
+            }
+        });
     if let Some([lo, hi]) = cfg.clamp {
-        x = x.clamp(lo, hi);
+        x.iter_mut()
+            .for_each(|v| *v = v.clamp(lo as f32, hi as f32));
     }
-    to_points(x)
+    Points::new(n, dim, x)
 }
 
 #[cfg(test)]

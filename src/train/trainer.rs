@@ -14,6 +14,17 @@ use crate::rng::{normal, stream, uniform, Purpose, Rng};
 use crate::schedule::Schedule;
 use crate::{EmError, Points, Result};
 
+/// A one-thread pool for the small autodiff tensor ops of a training step.
+fn serial_pool() -> &'static rayon::ThreadPool {
+    static POOL: std::sync::OnceLock<rayon::ThreadPool> = std::sync::OnceLock::new();
+    POOL.get_or_init(|| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .expect("a one-thread pool")
+    })
+}
+
 /// Training phase.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -164,13 +175,13 @@ impl<M: Model> Trainer<M> {
 
     /// Runs one optimisation step; on NaN/Inf it returns [`EmError::Diverged`] and leaves the
     /// state untouched (the weights are those of the last good step).
+    ///
+    /// The Langevin negatives run on all threads (independent chains); the autodiff tensor work
+    /// runs on one thread, which is faster than burn's threading at these sizes (measured).
     pub fn step(&mut self) -> Result<StepStats> {
         let step = self.state.step + 1;
         let phase = self.phase_of(step);
         let mut rng = stream(self.seed, Purpose::TrainStep, step);
-        let device = crate::backend::cpu_autodiff();
-        let p = self.precision;
-
         let (xt, u, ts) = self.flow_batch(&mut rng)?;
         let weighted = match self.train.flow_weighting {
             FlowWeighting::Never => false,
@@ -187,28 +198,50 @@ impl<M: Model> Trainer<M> {
                 }
             })
             .collect();
-        let tracked = self.state.model.tracked();
-        let flow = flow_loss(
-            &tracked,
-            from_points(&xt, &device, p),
-            from_points(&u, &device, p),
-            &w,
-        );
-        let flow_value = scalar(flow.clone());
-
-        let (loss, cd_value, e_pos, e_neg) = if phase == Phase::Phase2 {
+        let contrast = if phase == Phase::Phase2 {
             let n = self.negatives.batch.unwrap_or(self.train.batch_size);
             let pos = self.target.sample(self.train.batch_size, &mut rng);
-            let untracked = self.state.model.untracked();
+            let field = self.state.model.host_field()?;
+            let setup = negatives::ChainSetup {
+                target: &self.target,
+                source: &self.source,
+                seed: self.seed,
+                step,
+            };
             let neg = negatives::generate(
-                &untracked,
+                field.as_ref(),
                 &self.schedule,
                 &self.negatives,
                 n,
-                (&self.target, &self.source),
-                p,
+                &setup,
                 &mut rng,
             )?;
+            Some((pos, neg))
+        } else {
+            None
+        };
+        serial_pool().install(|| self.update(step, phase, (&xt, &u, &w), contrast))
+    }
+
+    /// The parameter update of one step, given its flow batch and (phase 2) positives/negatives.
+    fn update(
+        &mut self,
+        step: u64,
+        phase: Phase,
+        (xt, u, w): (&Points, &Points, &[f64]),
+        contrast: Option<(Points, Points)>,
+    ) -> Result<StepStats> {
+        let device = crate::backend::cpu_autodiff();
+        let p = self.precision;
+        let tracked = self.state.model.tracked();
+        let flow = flow_loss(
+            &tracked,
+            from_points(xt, &device, p),
+            from_points(u, &device, p),
+            w,
+        );
+        let flow_value = scalar(flow.clone());
+        let (loss, cd_value, e_pos, e_neg) = if let Some((pos, neg)) = contrast {
             let ep = tracked.energy(from_points(&pos, &device, p));
             let en = tracked.energy(from_points(&neg, &device, p));
             let (ep_v, en_v) = (to_f64_vec(ep.clone()), to_f64_vec(en.clone()));

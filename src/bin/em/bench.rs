@@ -13,7 +13,7 @@ use energy_matching::data::Toy;
 use energy_matching::potential::Potential;
 use energy_matching::rng::{stream, Purpose};
 use energy_matching::run::data_sources;
-use energy_matching::sampler::{step, Drift, SamplerKind};
+use energy_matching::sampler::{step, Drift, SamplerKind, Scratch};
 use energy_matching::train::Trainer;
 
 /// Benchmark options.
@@ -108,30 +108,31 @@ pub fn run(a: BenchArgs) -> Result<()> {
         "ms".into(),
     ));
 
-    let device = cpu();
+    let field = model.host()?;
+    let drift = Drift::new(&field);
     for b in [128usize, 1024] {
         let mut r = stream(2, Purpose::Eval, b as u64);
-        let x = from_points(
-            &Toy::EightGaussians.sample(b, 2, &mut r),
-            &device,
-            Precision::F32,
-        );
-        let drift = Drift::new(&model as &dyn Potential);
-        let kick = x.zeros_like();
+        let x0 = Toy::EightGaussians.sample(b, 2, &mut r).into_vec();
+        let kick = vec![0.0f32; x0.len()];
+        let mut scratch = Scratch::default();
+        let mut x = x0.clone();
         let ms = time_ms(a.reps, || {
-            let y = step(
+            x.copy_from_slice(&x0);
+            step(
                 &drift,
                 &cfg.schedule,
                 SamplerKind::EulerMaruyama,
-                x.clone(),
+                &mut x,
+                b,
                 1.5,
                 0.01,
-                Some(kick.clone()),
+                Some(&kick),
+                &mut scratch,
             );
-            std::hint::black_box(energy_matching::backend::to_points(y).expect("points"));
+            std::hint::black_box(&x);
         });
         rows.push((
-            format!("sampler Euler–Maruyama step, batch {b}"),
+            format!("sampler Euler–Maruyama step, batch {b} (one thread, fused f32 kernel)"),
             ms,
             "ms".into(),
         ));
@@ -139,6 +140,21 @@ pub fn run(a: BenchArgs) -> Result<()> {
             format!("  = sampler throughput, batch {b}"),
             b as f64 / ms * 1e3,
             "point-steps/s".into(),
+        ));
+        let xt = from_points(
+            &Toy::EightGaussians.sample(b, 2, &mut r),
+            &cpu(),
+            Precision::F32,
+        );
+        let ms = time_ms(a.reps, || {
+            std::hint::black_box(
+                energy_matching::backend::to_points(model.grad(xt.clone())).expect("points"),
+            );
+        });
+        rows.push((
+            format!("∇V on burn tensors (reference path), batch {b}"),
+            ms,
+            "ms".into(),
         ));
     }
 

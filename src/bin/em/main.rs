@@ -295,14 +295,14 @@ fn sample(a: SampleArgs, quiet: bool) -> Result<()> {
         sc.kind = k.into();
     }
     let mut ui = progress::Ui::new(quiet);
-    let mut rec = TrajectoryRecorder::new(5, 64);
+    let rec = TrajectoryRecorder::new(5, 64);
     let pts = run::draw_samples(
         &model,
         &cfg,
         &sc,
         a.n,
         a.seed,
-        a.trajectories.as_ref().map(|_| &mut rec),
+        a.trajectories.as_ref().map(|_| &rec),
         &mut |e| ui.event(e),
     )?;
     ui.finish();
@@ -311,9 +311,10 @@ fn sample(a: SampleArgs, quiet: bool) -> Result<()> {
         let mut s = String::from("step,t,i");
         (0..pts.dim()).for_each(|k| s.push_str(&format!(",x{k}")));
         s.push('\n');
-        for (f, (t, p)) in rec.frames.iter().enumerate() {
+        let every = rec.every;
+        for (f, (t, p)) in rec.into_frames().iter().enumerate() {
             for (i, r) in p.rows().enumerate() {
-                s.push_str(&format!("{},{t},{i}", (f + 1) * rec.every));
+                s.push_str(&format!("{},{t},{i}", (f + 1) * every));
                 r.iter().for_each(|v| s.push_str(&format!(",{v}")));
                 s.push('\n');
             }
@@ -369,17 +370,17 @@ fn plot(a: PlotArgs) -> Result<()> {
         run::draw_samples(&model, &cfg, &cfg.sample, 2000, cfg.seed, None, &mut |_| {})?
     };
     let target = run::eval_target(&cfg, 5000)?;
-    let mut rec = TrajectoryRecorder::new(2, 12);
+    let rec = TrajectoryRecorder::new(2, 12);
     run::draw_samples(
         &model,
         &cfg,
         &cfg.sample,
         12,
         cfg.seed,
-        Some(&mut rec),
+        Some(&rec),
         &mut |_| {},
     )?;
-    run::plot_run(&a.run, &model, &cfg, &samples, &target, &rec)?;
+    run::plot_run(&a.run, &model, &cfg, &samples, &target, &rec.into_frames())?;
     println!("plots written to {}", a.run.display());
     Ok(())
 }

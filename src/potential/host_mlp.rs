@@ -1,0 +1,274 @@
+//! [`HostMlp`]: an f32 copy of an [`Mlp`] evaluated with fused host kernels — `gemm` for the
+//! matrix products, one pass per layer for bias + activation + derivative — for the loops that
+//! need no autodiff tape (sampling and Langevin negatives). It computes exactly the same
+//! function and input gradient as the tensor path (tested against it).
+
+use super::{Activation, Mlp, Model};
+use crate::backend::to_f64_vec;
+use crate::sampler::{GradField, Scratch};
+use crate::Result;
+
+struct Dense {
+    /// `[fan_in, fan_out]`, row-major.
+    w: Vec<f32>,
+    b: Vec<f32>,
+    fan_in: usize,
+    fan_out: usize,
+    act: Activation,
+}
+
+/// The f32 inference form of an [`Mlp`].
+pub struct HostMlp {
+    dim: usize,
+    hidden: Vec<Dense>,
+    out_w: Vec<f32>,
+    out_b: f32,
+    scale: f32,
+    clamp: Option<f32>,
+}
+
+/// `dst[n×m] = a[n×k] · b` where `b` is `[k×m]` row-major, or its transpose when `b_t`
+/// (then `b` is stored `[m×k]`).
+fn matmul(dst: &mut [f32], a: &[f32], b: &[f32], n: usize, k: usize, m: usize, b_t: bool) {
+    let (rhs_cs, rhs_rs) = if b_t {
+        (k as isize, 1)
+    } else {
+        (1, m as isize)
+    };
+    // SAFETY: the slices hold n·k, k·m and n·m values (checked below); strides describe them.
+    assert!(a.len() >= n * k && b.len() >= k * m && dst.len() >= n * m);
+    unsafe {
+        gemm::gemm(
+            n,
+            m,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            m as isize,
+            false,
+            a.as_ptr(),
+            1,
+            k as isize,
+            b.as_ptr(),
+            rhs_cs,
+            rhs_rs,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+}
+
+/// eˣ in f32 by Cody–Waite range reduction and a degree-6 polynomial (≈1 ulp on
+/// [−87, 88]); plain arithmetic so that the compiler vectorises the loops that call it.
+#[inline(always)]
+fn fast_exp(x: f32) -> f32 {
+    let x = x.clamp(-87.0, 88.0);
+    let n = (x * std::f32::consts::LOG2_E).round();
+    let r = x - n * 0.693_145_75 - n * 1.428_606_8e-6;
+    let p = 1.0
+        + r * (1.0
+            + r * (0.5
+                + r * (0.166_666_67
+                    + r * (0.041_666_668 + r * (0.008_333_334 + r * 0.001_388_889)))));
+    f32::from_bits(((n as i32 + 127) as u32) << 23) * p
+}
+
+/// a = act(z + b), d = act'(z + b), in place over `z` (becomes a) and `d`.
+#[inline(always)]
+fn activate_rows(z: &mut [f32], d: &mut [f32], b: &[f32], act: Activation) {
+    let m = b.len();
+    for (zr, dr) in z.chunks_mut(m).zip(d.chunks_mut(m)) {
+        match act {
+            Activation::Silu => {
+                for ((zi, di), bi) in zr.iter_mut().zip(dr.iter_mut()).zip(b) {
+                    let v = *zi + bi;
+                    let s = 1.0 / (1.0 + fast_exp(-v));
+                    let a = v * s;
+                    *di = s + a * (1.0 - s);
+                    *zi = a;
+                }
+            }
+            Activation::Relu => {
+                for ((zi, di), bi) in zr.iter_mut().zip(dr.iter_mut()).zip(b) {
+                    let v = *zi + bi;
+                    *di = if v > 0.0 { 1.0 } else { 0.0 };
+                    *zi = v.max(0.0);
+                }
+            }
+            Activation::Softplus => {
+                for ((zi, di), bi) in zr.iter_mut().zip(dr.iter_mut()).zip(b) {
+                    let v = *zi + bi;
+                    *di = 1.0 / (1.0 + fast_exp(-v));
+                    *zi = v.max(0.0) + (-v.abs()).exp().ln_1p();
+                }
+            }
+            Activation::Tanh => {
+                for ((zi, di), bi) in zr.iter_mut().zip(dr.iter_mut()).zip(b) {
+                    let a = (*zi + bi).tanh();
+                    *di = 1.0 - a * a;
+                    *zi = a;
+                }
+            }
+            Activation::Gelu => {
+                for ((zi, di), bi) in zr.iter_mut().zip(dr.iter_mut()).zip(b) {
+                    let v = *zi + bi;
+                    let cdf = 0.5 * (1.0 + libm::erff(v * std::f32::consts::FRAC_1_SQRT_2));
+                    let pdf = (-0.5 * v * v).exp() * 0.398_942_3;
+                    *di = cdf + v * pdf;
+                    *zi = v * cdf;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn activate_avx2(z: &mut [f32], d: &mut [f32], b: &[f32], act: Activation) {
+    activate_rows(z, d, b, act)
+}
+
+fn activate(z: &mut [f32], d: &mut [f32], b: &[f32], act: Activation) {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU supports the features the function was compiled for.
+        return unsafe { activate_avx2(z, d, b, act) };
+    }
+    activate_rows(z, d, b, act)
+}
+
+impl HostMlp {
+    /// Copies the weights of `mlp` (any precision) into f32 host buffers.
+    pub fn from_mlp(mlp: &Mlp) -> Result<Self> {
+        let cfg = mlp.config();
+        let flat: Vec<Vec<f32>> = mlp
+            .flat_params()
+            .into_iter()
+            .map(|t| to_f64_vec(t).into_iter().map(|v| v as f32).collect())
+            .collect();
+        let shapes = cfg.layer_shapes();
+        let mut hidden = Vec::new();
+        for (l, &(fan_in, fan_out)) in shapes.iter().enumerate().take(shapes.len() - 1) {
+            hidden.push(Dense {
+                w: flat[2 * l].clone(),
+                b: flat[2 * l + 1].clone(),
+                fan_in,
+                fan_out,
+                act: cfg.activation_of(l),
+            });
+        }
+        let last = shapes.len() - 1;
+        Ok(Self {
+            dim: cfg.dim,
+            hidden,
+            out_w: flat[2 * last].clone(),
+            out_b: flat[2 * last + 1][0],
+            scale: cfg.output_scale as f32,
+            clamp: cfg.energy_clamp.map(|c| c as f32),
+        })
+    }
+
+    /// Energies (when `energy` is given) and input gradients of `n` rows of `x`.
+    pub fn energy_grad(
+        &self,
+        x: &[f32],
+        n: usize,
+        energy: Option<&mut [f32]>,
+        grad: &mut [f32],
+        s: &mut Scratch,
+    ) {
+        let layers = self.hidden.len();
+        s.ensure(2 * layers + 2);
+        let (acts, rest) = s.bufs.split_at_mut(layers);
+        let (derivs, tmp) = rest.split_at_mut(layers);
+        // forward: acts[l] = a_l, derivs[l] = a_l'
+        for (l, layer) in self.hidden.iter().enumerate() {
+            let (done, todo) = acts.split_at_mut(l);
+            let input: &[f32] = if l == 0 { x } else { &done[l - 1] };
+            let a = &mut todo[0];
+            a.resize(n * layer.fan_out, 0.0);
+            derivs[l].resize(n * layer.fan_out, 0.0);
+            matmul(a, input, &layer.w, n, layer.fan_in, layer.fan_out, false);
+            activate(a, &mut derivs[l], &layer.b, layer.act);
+        }
+        let h_last: &[f32] = if layers == 0 { x } else { &acts[layers - 1] };
+        let width = self.out_w.len();
+        // dV/d out per row (and V)
+        let (g_a, g_b) = tmp.split_at_mut(1);
+        let (g, g2) = (&mut g_a[0], &mut g_b[0]);
+        g.resize(n * width.max(self.dim), 0.0);
+        let mut dv = vec![self.scale; n];
+        if self.clamp.is_some() || energy.is_some() {
+            let mut e_out = vec![0.0f32; n];
+            for (i, row) in h_last.chunks(width).take(n).enumerate() {
+                let o = row.iter().zip(&self.out_w).map(|(a, b)| a * b).sum::<f32>() + self.out_b;
+                let (v, d) = match self.clamp {
+                    None => (self.scale * o, self.scale),
+                    Some(c) => {
+                        let th = (self.scale * o / c).tanh();
+                        (c * th, self.scale * (1.0 - th * th))
+                    }
+                };
+                e_out[i] = v;
+                dv[i] = d;
+            }
+            if let Some(e) = energy {
+                e[..n].copy_from_slice(&e_out);
+            }
+        }
+        // backward: g = dv ⊗ w_out, then g ← (g ⊙ a_l') W_lᵀ
+        for (i, gr) in g.chunks_mut(width).take(n).enumerate() {
+            for (gk, wk) in gr.iter_mut().zip(&self.out_w) {
+                *gk = dv[i] * wk;
+            }
+        }
+        for l in (0..layers).rev() {
+            let layer = &self.hidden[l];
+            for (gk, dk) in g[..n * layer.fan_out]
+                .iter_mut()
+                .zip(&derivs[l][..n * layer.fan_out])
+            {
+                *gk *= dk;
+            }
+            let out: &mut Vec<f32> = g2;
+            out.resize(n * layer.fan_in, 0.0);
+            matmul(
+                out,
+                &g[..n * layer.fan_out],
+                &layer.w,
+                n,
+                layer.fan_out,
+                layer.fan_in,
+                true,
+            );
+            std::mem::swap(g, g2);
+        }
+        grad[..n * self.dim].copy_from_slice(&g[..n * self.dim]);
+    }
+}
+
+impl Mlp {
+    /// The fused f32 host form of this network.
+    pub fn host(&self) -> Result<HostMlp> {
+        HostMlp::from_mlp(self)
+    }
+}
+
+impl GradField for HostMlp {
+    fn dim(&self) -> usize {
+        self.dim
+    }
+
+    fn grad(&self, x: &[f32], n: usize, out: &mut [f32], scratch: &mut Scratch) {
+        self.energy_grad(x, n, None, out, scratch);
+    }
+
+    fn energy(&self, x: &[f32], n: usize, out: &mut [f32], scratch: &mut Scratch) {
+        let mut g = vec![0.0; n * self.dim];
+        self.energy_grad(x, n, Some(out), &mut g, scratch);
+    }
+}
