@@ -244,9 +244,14 @@ impl RunConfig {
         let cfg: RunConfig =
             toml::Value::Table(table)
                 .try_into()
-                .map_err(|e: toml::de::Error| EmError::Config {
-                    key: "(value)".into(),
-                    reason: e.to_string().trim().to_string(),
+                .map_err(|e: toml::de::Error| {
+                    // toml ends its message with "in `dotted.key`": move that into the key field
+                    let msg = e.to_string();
+                    let (reason, key) = match msg.trim().rsplit_once("\nin `") {
+                        Some((r, k)) => (r.trim().to_string(), k.trim_end_matches('`').to_string()),
+                        None => (msg.trim().to_string(), "(value)".to_string()),
+                    };
+                    EmError::Config { key, reason }
                 })?;
         cfg.validate()?;
         Ok(cfg)

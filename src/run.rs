@@ -296,6 +296,7 @@ pub fn draw_samples(
     recorder: Option<&TrajectoryRecorder>,
     events: &mut Events,
 ) -> Result<Points> {
+    sampler_cfg.validate()?;
     let (_, source) = data_sources(cfg)?;
     let draw = |r: &mut crate::rng::Rng| source.sample(1, r).into_vec();
     let req = SampleRequest {
@@ -307,7 +308,7 @@ pub fn draw_samples(
         first_index: 0,
     };
     let field = model.host()?;
-    let total = sampler_cfg.steps() as u64 * n.div_ceil(sampler_cfg.chunk.max(1)) as u64;
+    let total = (sampler_cfg.steps() as u64).saturating_mul(n.div_ceil(sampler_cfg.chunk) as u64);
     let done = AtomicU64::new(0);
     let events = Mutex::new(events);
     let dim = cfg.model.dim;

@@ -83,10 +83,10 @@ struct SampleArgs {
     #[arg(long, default_value_t = 1000)]
     n: usize,
     /// End time T (default: the run's `sample.t_end`).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     t_end: Option<f64>,
     /// Step size (default: the run's `sample.dt`).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     dt: Option<f64>,
     /// Integrator (default: the run's `sample.kind`).
     #[arg(long, value_enum)]

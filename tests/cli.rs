@@ -1,0 +1,352 @@
+//! End-to-end tests of the `em` binary on tiny configs: run directories, resume, sampling,
+//! evaluation, plots, and clear errors for bad input.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const EM: &str = env!("CARGO_BIN_EXE_em");
+
+/// A small but complete run: both phases, checkpoints every 5 steps.
+const TINY: &str = r#"
+seed = 3
+[model]
+hidden = [16, 16]
+[train]
+batch_size = 16
+phase1_steps = 6
+phase2_steps = 4
+[negatives]
+n_gibbs = 5
+[sample]
+t_end = 0.3
+chunk = 8
+[eval]
+samples = 40
+target_points = 60
+projections = 10
+[log]
+every = 2
+checkpoint_every = 5
+"#;
+
+fn em(args: &[&str]) -> Output {
+    Command::new(EM)
+        .arg("--quiet")
+        .args(args)
+        .output()
+        .expect("em runs")
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = em(args);
+    assert!(
+        out.status.success(),
+        "em {args:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn fails(args: &[&str]) -> String {
+    let out = em(args);
+    assert!(!out.status.success(), "em {args:?} should fail");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn write_config(dir: &Path, text: &str) -> PathBuf {
+    let p = dir.join("tiny.toml");
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn tensor_bytes(st: &Path, prefix: &str) -> Vec<(String, Vec<u8>)> {
+    let bytes = std::fs::read(st).unwrap();
+    let t = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut v: Vec<(String, Vec<u8>)> = t
+        .tensors()
+        .into_iter()
+        .filter(|(n, _)| n.starts_with(prefix))
+        .map(|(n, view)| (n, view.data().to_vec()))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn train_writes_a_complete_run_directory_and_resume_is_bit_identical() {
+    let d = tempfile::tempdir().unwrap();
+    let cfg = write_config(d.path(), TINY);
+    let a = d.path().join("a");
+    let out = ok(&["train", "--config", s(&cfg), "--out", s(&a)]);
+    assert!(out.contains("energy distance²"), "{out}");
+    for f in [
+        "config.toml",
+        "metrics.jsonl",
+        "eval.json",
+        "samples.npy",
+        "potential.png",
+        "boltzmann.png",
+        "loss.png",
+        "energies.png",
+        "checkpoints/step-00000005.safetensors",
+        "checkpoints/step-00000006.json",
+        "checkpoints/final.safetensors",
+        "checkpoints/final.json",
+    ] {
+        assert!(a.join(f).exists(), "missing {f}");
+    }
+    let rows = std::fs::read_to_string(a.join("metrics.jsonl")).unwrap();
+    // logged at steps 1, 2, 4, 6, 8, 10; phase-2 rows carry energy statistics
+    assert_eq!(rows.lines().count(), 6, "{rows}");
+    assert!(rows.lines().last().unwrap().contains("\"e_neg\":{\"mean\""));
+    let eval: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(a.join("eval.json")).unwrap()).unwrap();
+    assert!(eval["metrics"]["energy_distance_sq"]
+        .as_f64()
+        .unwrap()
+        .is_finite());
+    assert!(eval["grid_nll"].as_f64().unwrap().is_finite());
+
+    // resume from step 5 into another directory: the final state matches bit for bit
+    let b = d.path().join("b");
+    let ckpt = a.join("checkpoints/step-00000005.safetensors");
+    ok(&["train", "--resume", s(&ckpt), "--out", s(&b)]);
+    for prefix in ["model.", "adam."] {
+        let (x, y) = (
+            tensor_bytes(&a.join("checkpoints/final.safetensors"), prefix),
+            tensor_bytes(&b.join("checkpoints/final.safetensors"), prefix),
+        );
+        assert!(!x.is_empty());
+        assert_eq!(x, y, "{prefix} tensors differ after resume");
+    }
+    // and a different seed gives different weights
+    let c = d.path().join("c");
+    ok(&["train", "--config", s(&cfg), "--out", s(&c), "--seed", "4"]);
+    assert_ne!(
+        tensor_bytes(&a.join("checkpoints/final.safetensors"), "model."),
+        tensor_bytes(&c.join("checkpoints/final.safetensors"), "model.")
+    );
+}
+
+#[test]
+fn sample_eval_and_plot_work_on_a_run() {
+    let d = tempfile::tempdir().unwrap();
+    let cfg = write_config(d.path(), TINY);
+    let run = d.path().join("r");
+    ok(&[
+        "train",
+        "--config",
+        s(&cfg),
+        "--out",
+        s(&run),
+        "--set",
+        "log.plots=false",
+    ]);
+    let seven = d.path().join("seven.csv");
+    let three = d.path().join("three.csv");
+    let traj = d.path().join("traj.csv");
+    ok(&[
+        "sample",
+        "--run",
+        s(&run),
+        "--n",
+        "7",
+        "--out",
+        s(&seven),
+        "--sampler",
+        "heun",
+        "--trajectories",
+        s(&traj),
+    ]);
+    ok(&[
+        "sample",
+        "--run",
+        s(&run),
+        "--n",
+        "3",
+        "--out",
+        s(&three),
+        "--sampler",
+        "heun",
+    ]);
+    let rows = |p: &Path| {
+        std::fs::read_to_string(p)
+            .unwrap()
+            .lines()
+            .skip(1)
+            .map(String::from)
+            .collect::<Vec<_>>()
+    };
+    let (r7, r3) = (rows(&seven), rows(&three));
+    assert_eq!(r7.len(), 7);
+    assert_eq!(&r7[..3], &r3[..], "sample i must not depend on --n");
+    assert!(std::fs::read_to_string(&traj)
+        .unwrap()
+        .starts_with("step,t,i,x0,x1"));
+    let json = ok(&[
+        "eval",
+        "--samples",
+        s(&seven),
+        "--target",
+        "two_moons",
+        "--n-target",
+        "50",
+        "--checkpoint",
+        s(&run.join("checkpoints/final")),
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert!(v["energy_distance_sq"].as_f64().unwrap() > 0.0);
+    assert!(v["grid_nll"].as_f64().unwrap().is_finite());
+    ok(&["plot", "--run", s(&run)]);
+    assert!(run.join("potential.png").exists() && run.join("loss.png").exists());
+}
+
+#[test]
+fn divergence_stops_with_the_step_and_keeps_the_last_good_checkpoint() {
+    let d = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        d.path(),
+        &TINY.replace("checkpoint_every = 5", "checkpoint_every = 1"),
+    );
+    let run = d.path().join("r");
+    // Adam moves every weight by ≈ lr per step: with lr = 1e30 the energies overflow at step 2
+    let err = fails(&[
+        "train",
+        "--config",
+        s(&cfg),
+        "--out",
+        s(&run),
+        "--set",
+        "optim.lr=1e30",
+    ]);
+    assert!(err.contains("diverged at step 2 (phase1)"), "{err}");
+    assert!(err.contains("step-00000001.safetensors"), "{err}");
+    assert!(run.join("checkpoints/step-00000001.safetensors").exists());
+    assert!(!run.join("checkpoints/step-00000002.json").exists());
+}
+
+#[test]
+fn bad_input_gets_clear_errors() {
+    let d = tempfile::tempdir().unwrap();
+    let cfg = write_config(d.path(), TINY);
+    let err = fails(&["train", "--config", s(&cfg), "--set", "train.bacth_size=3"]);
+    assert!(
+        err.contains("train.bacth_size") && err.contains("did you mean `batch_size`"),
+        "{err}"
+    );
+    let bad = d.path().join("bad.toml");
+    std::fs::write(&bad, "[optim]\nlr = \"high\"\n").unwrap();
+    let err = fails(&["train", "--config", s(&bad)]);
+    assert!(
+        err.contains("config error at `optim.lr`: invalid type: string \"high\", expected f64"),
+        "{err}"
+    );
+    assert!(fails(&["train", "--config", "/nonexistent/x.toml"]).contains("/nonexistent/x.toml"));
+    let err = fails(&[
+        "train",
+        "--config",
+        s(&cfg),
+        "--set",
+        "data.target=two_moon",
+    ]);
+    assert!(err.contains("did you mean `two_moons`"), "{err}");
+
+    // data files: NaN and wrong dimension
+    let nan = d.path().join("nan.csv");
+    std::fs::write(&nan, "x,y\n1,2\n3,nan\n").unwrap();
+    assert!(fails(&[
+        "train",
+        "--config",
+        s(&cfg),
+        "--set",
+        &format!("data.target=\"{}\"", s(&nan))
+    ])
+    .contains("row 1, column 1"));
+    let three = d.path().join("three.csv");
+    std::fs::write(&three, "1,2,3\n4,5,6\n").unwrap();
+    assert!(fails(&[
+        "train",
+        "--config",
+        s(&cfg),
+        "--set",
+        &format!("data.target=\"{}\"", s(&three))
+    ])
+    .contains("dimension"));
+
+    let run = d.path().join("r");
+    ok(&[
+        "train",
+        "--config",
+        s(&cfg),
+        "--out",
+        s(&run),
+        "--set",
+        "log.plots=false",
+    ]);
+    let out = d.path().join("o.npy");
+    assert!(
+        fails(&["sample", "--run", s(&run), "--n", "0", "--out", s(&out)])
+            .contains("at least 1 sample")
+    );
+    assert!(fails(&["sample", "--run", s(&run), "--dt", "0", "--out", s(&out)]).contains("dt"));
+    assert!(fails(&[
+        "sample",
+        "--run",
+        s(&run),
+        "--t-end",
+        "-1",
+        "--out",
+        s(&out)
+    ])
+    .contains("t_end"));
+    assert!(fails(&[
+        "sample",
+        "--run",
+        s(&run),
+        "--out",
+        s(&d.path().join("o.txt"))
+    ])
+    .contains(".npy or .csv"));
+
+    // a checkpoint loaded into a model of another shape
+    let ck = run.join("checkpoints/final");
+    let err = fails(&[
+        "train",
+        "--resume",
+        s(&ck),
+        "--out",
+        s(&d.path().join("x")),
+        "--set",
+        "model.hidden=[8, 8]",
+    ]);
+    assert!(
+        err.contains("expected shape [2, 8]") && err.contains("found [2, 16]"),
+        "{err}"
+    );
+    // a corrupt checkpoint
+    let st = run.join("checkpoints/final.safetensors");
+    let bytes = std::fs::read(&st).unwrap();
+    std::fs::write(&st, &bytes[..bytes.len() / 2]).unwrap();
+    assert!(fails(&["sample", "--checkpoint", s(&ck), "--out", s(&out)]).contains("corrupt"));
+    assert!(fails(&[
+        "sample",
+        "--checkpoint",
+        s(&d.path().join("none")),
+        "--out",
+        s(&out)
+    ])
+    .contains("none.json"));
+}
+
+#[test]
+fn help_teaches_the_commands() {
+    let out = ok(&["--help"]);
+    for c in ["train", "sample", "eval", "plot", "demo", "bench"] {
+        assert!(out.contains(c), "{out}");
+    }
+    assert!(ok(&["train", "--help"]).contains("--resume"));
+}
