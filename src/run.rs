@@ -140,6 +140,22 @@ fn meta_for<M: Model>(cfg: &RunConfig, state: &TrainerState<M>, phase: Phase) ->
     }
 }
 
+/// A trainer for `cfg` around an existing state (fresh: [`Trainer::fresh_state`]).
+pub fn trainer_for(cfg: &RunConfig, state: TrainerState<Mlp>) -> Result<Trainer<Mlp>> {
+    let (target, source) = data_sources(cfg)?;
+    Ok(Trainer {
+        state,
+        train: cfg.train.clone(),
+        negatives: cfg.negatives.clone(),
+        optim: cfg.optim.clone(),
+        schedule: cfg.schedule,
+        target,
+        source,
+        seed: cfg.seed,
+        precision: cfg.precision,
+    })
+}
+
 /// Reads the config stored in a checkpoint, applying `overrides`.
 pub fn config_from_checkpoint(path: &Path, overrides: &[String]) -> Result<RunConfig> {
     let meta = checkpoint::load_meta(path)?;
@@ -186,7 +202,6 @@ pub fn train(
     let rd = RunDir(dir.to_path_buf());
     std::fs::create_dir_all(rd.checkpoints()).map_err(|e| EmError::io(rd.checkpoints(), e))?;
     checkpoint::write_atomic(&rd.config(), cfg.to_toml().as_bytes())?;
-    let (target, source) = data_sources(cfg)?;
     let device = cpu();
     let template = cfg.model.init(cfg.seed, &device, cfg.precision)?;
     let (state, mut last_good) = match resume {
@@ -201,17 +216,7 @@ pub fn train(
         }
         None => (Trainer::fresh_state(template, &cfg.optim), None),
     };
-    let mut trainer = Trainer {
-        state,
-        train: cfg.train.clone(),
-        negatives: cfg.negatives.clone(),
-        optim: cfg.optim.clone(),
-        schedule: cfg.schedule,
-        target,
-        source,
-        seed: cfg.seed,
-        precision: cfg.precision,
-    };
+    let mut trainer = trainer_for(cfg, state)?;
     let total = cfg.train.total_steps();
     events(RunEvent::TrainStart {
         from: trainer.state.step + 1,

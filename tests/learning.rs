@@ -4,7 +4,7 @@ use energy_matching::backend::{cpu, Precision};
 use energy_matching::config::RunConfig;
 use energy_matching::metrics::energy_distance_sq;
 use energy_matching::rng::{stream, Purpose};
-use energy_matching::run::{data_sources, draw_samples};
+use energy_matching::run::{data_sources, draw_samples, trainer_for};
 use energy_matching::train::Trainer;
 
 #[test]
@@ -16,17 +16,7 @@ fn short_flow_matching_brings_samples_toward_the_target() {
     .unwrap();
     let (target, source) = data_sources(&cfg).unwrap();
     let model = cfg.model.init(0, &cpu(), Precision::F32).unwrap();
-    let mut tr = Trainer {
-        state: Trainer::fresh_state(model, &cfg.optim),
-        train: cfg.train.clone(),
-        negatives: cfg.negatives.clone(),
-        optim: cfg.optim.clone(),
-        schedule: cfg.schedule,
-        target: target.clone(),
-        source: source.clone(),
-        seed: 0,
-        precision: Precision::F32,
-    };
+    let mut tr = trainer_for(&cfg, Trainer::fresh_state(model, &cfg.optim)).unwrap();
     let first = tr.step().unwrap().flow_loss;
     let mut last = Vec::new();
     while !tr.finished() {

@@ -12,7 +12,7 @@ use energy_matching::coupling::{assignment, sq_euclidean_cost};
 use energy_matching::data::Toy;
 use energy_matching::potential::Potential;
 use energy_matching::rng::{stream, Purpose};
-use energy_matching::run::data_sources;
+use energy_matching::run::trainer_for;
 use energy_matching::sampler::{step, Drift, SamplerKind, Scratch};
 use energy_matching::train::Trainer;
 
@@ -77,19 +77,8 @@ pub fn run(a: BenchArgs) -> Result<()> {
     }
 
     let cfg = RunConfig::default();
-    let (target, source) = data_sources(&cfg)?;
     let model = cfg.model.init(0, &cpu(), Precision::F32)?;
-    let mut trainer = Trainer {
-        state: Trainer::fresh_state(model.clone(), &cfg.optim),
-        train: cfg.train.clone(),
-        negatives: cfg.negatives.clone(),
-        optim: cfg.optim.clone(),
-        schedule: cfg.schedule,
-        target,
-        source,
-        seed: 0,
-        precision: Precision::F32,
-    };
+    let mut trainer = trainer_for(&cfg, Trainer::fresh_state(model.clone(), &cfg.optim))?;
     let ms = time_ms(a.reps, || {
         trainer.step().expect("benchmark step");
     });
