@@ -62,6 +62,31 @@ pub fn contrastive(e_pos: Tensor<1>, e_neg: Tensor<1>, kept: &[usize]) -> Tensor
 mod tests {
     use super::*;
 
+    use crate::backend::{cpu, matrix, scalar, vector, Precision};
+    use crate::potential::Quadratic;
+
+    #[test]
+    fn flow_loss_of_a_quadratic_is_the_hand_computed_weighted_mse() {
+        // V = ½‖x‖² ⇒ −∇V(x) = −x; rows x = (1, 2), (0, −1); u = (0, 0), (1, 1)
+        // per-row mean squared error: ((−1)² + (−2)²)/2 = 2.5 and ((−1)² + (0)²)/2 = 0.5
+        let dev = cpu();
+        let q = Quadratic::new(&[0.0, 0.0], &[1.0, 1.0], &dev, Precision::F64);
+        let x = matrix(vec![1.0, 2.0, 0.0, -1.0], 2, 2, &dev, Precision::F64);
+        let u = matrix(vec![0.0, 0.0, 1.0, 1.0], 2, 2, &dev, Precision::F64);
+        assert!((scalar(flow_loss(&q, x.clone(), u.clone(), &[1.0, 1.0])) - 1.5).abs() < 1e-12);
+        // w = (0.5, 0): (0.5·2.5 + 0)/2
+        assert!((scalar(flow_loss(&q, x, u, &[0.5, 0.0])) - 0.625).abs() < 1e-12);
+    }
+
+    #[test]
+    fn contrastive_term_uses_the_kept_negatives_only() {
+        let dev = cpu();
+        let pos = vector(vec![1.0, 3.0], &dev, Precision::F64);
+        let neg = vector(vec![0.0, 10.0, 2.0], &dev, Precision::F64);
+        // mean V⁺ = 2; kept negatives {0, 2}: mean 1 ⇒ 1
+        assert!((scalar(contrastive(pos, neg, &[0, 2])) - 1.0).abs() < 1e-12);
+    }
+
     #[test]
     fn trimming_drops_the_highest_energies() {
         let e = [0.5, 9.0, -1.0, 3.0, 7.0];
