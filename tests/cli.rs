@@ -256,26 +256,19 @@ fn bad_input_gets_clear_errors() {
     assert!(err.contains("did you mean `two_moons`"), "{err}");
 
     // data files: NaN and wrong dimension
-    let nan = d.path().join("nan.csv");
-    std::fs::write(&nan, "x,y\n1,2\n3,nan\n").unwrap();
-    assert!(fails(&[
-        "train",
-        "--config",
-        s(&cfg),
-        "--set",
-        &format!("data.target=\"{}\"", s(&nan))
-    ])
-    .contains("row 1, column 1"));
-    let three = d.path().join("three.csv");
-    std::fs::write(&three, "1,2,3\n4,5,6\n").unwrap();
-    assert!(fails(&[
-        "train",
-        "--config",
-        s(&cfg),
-        "--set",
-        &format!("data.target=\"{}\"", s(&three))
-    ])
-    .contains("dimension"));
+    let with_target = |name: &str, text: &str| {
+        let f = d.path().join(name);
+        std::fs::write(&f, text).unwrap();
+        fails(&[
+            "train",
+            "--config",
+            s(&cfg),
+            "--set",
+            &format!("data.target=\"{}\"", s(&f)),
+        ])
+    };
+    assert!(with_target("nan.csv", "x,y\n1,2\n3,nan\n").contains("row 1, column 1"));
+    assert!(with_target("three.csv", "1,2,3\n4,5,6\n").contains("dimension"));
 
     let run = d.path().join("r");
     ok(&[

@@ -16,9 +16,7 @@ fn no_observer() -> impl Fn(usize, usize, f64, &[f32]) + Sync {
     |_, _, _, _| {}
 }
 
-#[allow(clippy::too_many_arguments)]
-fn run_with(
-    field: &dyn GradField,
+fn run(
     kind: SamplerKind,
     n: usize,
     t_end: f64,
@@ -27,6 +25,11 @@ fn run_with(
     sched: Schedule,
     first: u64,
 ) -> Points {
+    let q = quad();
+    let field = TensorField {
+        potential: &q,
+        precision: Precision::F64,
+    };
     let cfg = SamplerConfig {
         kind,
         dt,
@@ -42,32 +45,7 @@ fn run_with(
         seed: 11,
         first_index: first,
     };
-    sample(&Drift::new(field), &req, &no_observer()).unwrap()
-}
-
-fn run(
-    kind: SamplerKind,
-    n: usize,
-    t_end: f64,
-    dt: f64,
-    chunk: usize,
-    sched: Schedule,
-    first: u64,
-) -> Points {
-    let q = quad();
-    run_with(
-        &TensorField {
-            potential: &q,
-            precision: Precision::F64,
-        },
-        kind,
-        n,
-        t_end,
-        dt,
-        chunk,
-        sched,
-        first,
-    )
+    sample(&Drift::new(&field), &req, &no_observer()).unwrap()
 }
 
 #[test]

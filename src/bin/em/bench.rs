@@ -1,5 +1,5 @@
 //! `em bench`: wall-clock medians of the hot paths on this machine, as a Markdown table.
-//! Thread count: `--threads` (sets RAYON_NUM_THREADS before the first parallel call).
+//! Thread count: `--threads` (the global rayon pool; `RAYON_NUM_THREADS` does the same).
 
 use std::time::Instant;
 
@@ -51,8 +51,9 @@ fn time_ms(reps: usize, mut f: impl FnMut()) -> f64 {
 /// Runs the benchmarks and prints the table.
 pub fn run(a: BenchArgs) -> Result<()> {
     if let Some(t) = a.threads {
-        // SAFETY-free in edition 2021: set before any thread pool exists.
-        std::env::set_var("RAYON_NUM_THREADS", t.to_string());
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(t)
+            .build_global()?;
     }
     let threads = a
         .threads
