@@ -197,13 +197,7 @@ pub fn grid_nll_2d(
     if !(epsilon.is_finite() && epsilon > 0.0) {
         return Err(EmError::invalid("epsilon", "a temperature > 0", epsilon));
     }
-    let (mut lo, mut hi) = ([f64::INFINITY; 2], [f64::NEG_INFINITY; 2]);
-    for r in points.rows() {
-        for k in 0..2 {
-            lo[k] = lo[k].min(r[k] as f64 - margin);
-            hi[k] = hi[k].max(r[k] as f64 + margin);
-        }
-    }
+    let (lo, hi) = bounds_2d(points, margin);
     let (grid_pts, cell) = grid_points(lo, hi, grid);
     let v = energies(potential, &grid_pts)?;
     let logits: Vec<f64> = v.iter().map(|e| -e / epsilon).collect();
@@ -211,6 +205,18 @@ pub fn grid_nll_2d(
     let log_z = mx + logits.iter().map(|l| (l - mx).exp()).sum::<f64>().ln() + cell.ln();
     let vp = energies(potential, points)?;
     Ok(vp.iter().map(|e| e / epsilon + log_z).sum::<f64>() / vp.len() as f64)
+}
+
+/// Bounding box (lower, upper corner) of 2-D points, widened by `margin` on each side.
+pub fn bounds_2d(points: &Points, margin: f64) -> ([f64; 2], [f64; 2]) {
+    let (mut lo, mut hi) = ([f64::INFINITY; 2], [f64::NEG_INFINITY; 2]);
+    for r in points.rows() {
+        for k in 0..2 {
+            lo[k] = lo[k].min(r[k] as f64 - margin);
+            hi[k] = hi[k].max(r[k] as f64 + margin);
+        }
+    }
+    (lo, hi)
 }
 
 /// Cell-centred grid over [lo, hi]; returns the points and the cell area.

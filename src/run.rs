@@ -19,6 +19,7 @@ use crate::plot::{self, Field, Overlay, Series};
 use crate::potential::{Mlp, Model, Potential};
 use crate::rng::{stream, Purpose};
 use crate::sampler::{self, Drift, SampleRequest, SamplerConfig, TrajectoryRecorder};
+use crate::schedule::Schedule;
 use crate::train::{Phase, StepStats, Trainer, TrainerState};
 use crate::{EmError, Points, Result};
 
@@ -291,22 +292,31 @@ pub fn train(
 /// Progress callback of long operations (called from one thread at a time).
 pub type Events<'a> = dyn FnMut(RunEvent) + Send + 'a;
 
-/// Draws `n` samples from `model` with the config's source distribution and sampler.
+/// What sampling needs besides the model: where chains start, ε(t), and the integrator.
+pub struct SamplingSetup<'a> {
+    /// The source distribution x₀.
+    pub source: &'a DataSource,
+    /// ε(t).
+    pub schedule: Schedule,
+    /// Integrator settings.
+    pub sampler: &'a SamplerConfig,
+}
+
+/// Draws `n` samples from `model`.
 pub fn draw_samples(
     model: &Mlp,
-    cfg: &RunConfig,
-    sampler_cfg: &SamplerConfig,
+    setup: &SamplingSetup,
     n: usize,
     seed: u64,
     recorder: Option<&TrajectoryRecorder>,
     events: &mut Events,
 ) -> Result<Points> {
+    let sampler_cfg = setup.sampler;
     sampler_cfg.validate()?;
-    let (_, source) = data_sources(cfg)?;
-    let draw = |r: &mut crate::rng::Rng| source.sample(1, r).into_vec();
+    let draw = |r: &mut crate::rng::Rng| setup.source.sample(1, r).into_vec();
     let req = SampleRequest {
         config: sampler_cfg,
-        schedule: cfg.schedule,
+        schedule: setup.schedule,
         source: &draw,
         n,
         seed,
@@ -316,7 +326,7 @@ pub fn draw_samples(
     let total = (sampler_cfg.steps() as u64).saturating_mul(n.div_ceil(sampler_cfg.chunk) as u64);
     let done = AtomicU64::new(0);
     let events = Mutex::new(events);
-    let dim = cfg.model.dim;
+    let dim = model.dim();
     sampler::sample(&Drift::new(&field), &req, &|c, k, t, x| {
         let d = done.fetch_add(1, Ordering::Relaxed) + 1;
         if d.is_multiple_of(10) || d == total {
@@ -331,9 +341,8 @@ pub fn draw_samples(
 }
 
 /// Fresh target points for evaluation (a stream separate from training).
-pub fn eval_target(cfg: &RunConfig, n: usize) -> Result<Points> {
-    let (target, _) = data_sources(cfg)?;
-    Ok(target.sample(n, &mut stream(cfg.seed, Purpose::Data, 1)))
+pub fn eval_target(target: &DataSource, seed: u64, n: usize) -> Points {
+    target.sample(n, &mut stream(seed, Purpose::Data, 1))
 }
 
 /// Samples with the final weights, evaluates, and draws the plots of a finished run.
@@ -351,10 +360,14 @@ pub fn evaluate_run(
     };
     let t0 = Instant::now();
     let rec = TrajectoryRecorder::new(2, 12);
+    let setup = SamplingSetup {
+        source: &trainer.source,
+        schedule: cfg.schedule,
+        sampler: &cfg.sample,
+    };
     let samples = draw_samples(
         &model,
-        cfg,
-        &cfg.sample,
+        &setup,
         cfg.eval.samples,
         cfg.seed,
         Some(&rec),
@@ -362,7 +375,7 @@ pub fn evaluate_run(
     )?;
     let sampling_s = t0.elapsed().as_secs_f64();
     write_points(&dir.join("samples.npy"), &samples)?;
-    let target = eval_target(cfg, cfg.eval.target_points)?;
+    let target = eval_target(&trainer.target, cfg.seed, cfg.eval.target_points);
     let m = metrics::compare(
         &samples,
         &target,
@@ -393,25 +406,18 @@ pub fn evaluate_run(
         &serde_json::to_vec_pretty(&report).expect("report serialises"),
     )?;
     if cfg.log.plots {
-        plot_run(dir, &model, cfg, &samples, &target, &rec.into_frames())?;
+        let frames = rec.into_frames();
+        plot_run(
+            dir,
+            &model,
+            cfg,
+            &trainer.source,
+            &samples,
+            &target,
+            &frames,
+        )?;
     }
     Ok(report)
-}
-
-/// Bounding box of points, widened by `margin`.
-fn bounds(p: &Points, margin: f64) -> ([f64; 2], [f64; 2]) {
-    let mut lo = [f64::INFINITY; 2];
-    let mut hi = [f64::NEG_INFINITY; 2];
-    for r in p.rows() {
-        for k in 0..2 {
-            lo[k] = lo[k].min(r[k] as f64);
-            hi[k] = hi[k].max(r[k] as f64);
-        }
-    }
-    (
-        [lo[0] - margin, lo[1] - margin],
-        [hi[0] + margin, hi[1] + margin],
-    )
 }
 
 /// Potential and density plots (2-D) and training curves of a run directory.
@@ -419,14 +425,14 @@ pub fn plot_run(
     dir: &Path,
     model: &dyn Potential,
     cfg: &RunConfig,
+    source: &DataSource,
     samples: &Points,
     target: &Points,
     frames: &[(f64, Points)],
 ) -> Result<()> {
     if cfg.model.dim == 2 {
-        let (_, source) = data_sources(cfg)?;
         let src = source.sample(2000, &mut stream(cfg.seed, Purpose::Data, 2));
-        let (lo, hi) = bounds(&target.concat(&src)?, 1.0);
+        let (lo, hi) = metrics::bounds_2d(&target.concat(&src)?, 1.0);
         let grid = 160;
         let (gp, _) = metrics::grid_points(lo, hi, grid);
         let v = metrics::energies(model, &gp)?;

@@ -63,6 +63,19 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
+/// Trains the config into `run` without drawing plots.
+fn train_without_plots(cfg: &Path, run: &Path) {
+    ok(&[
+        "train",
+        "--config",
+        s(cfg),
+        "--out",
+        s(run),
+        "--set",
+        "log.plots=false",
+    ]);
+}
+
 fn tensor_bytes(st: &Path, prefix: &str) -> Vec<(String, Vec<u8>)> {
     let bytes = std::fs::read(st).unwrap();
     let t = safetensors::SafeTensors::deserialize(&bytes).unwrap();
@@ -137,15 +150,7 @@ fn sample_eval_and_plot_work_on_a_run() {
     let d = tempfile::tempdir().unwrap();
     let cfg = write_config(d.path(), TINY);
     let run = d.path().join("r");
-    ok(&[
-        "train",
-        "--config",
-        s(&cfg),
-        "--out",
-        s(&run),
-        "--set",
-        "log.plots=false",
-    ]);
+    train_without_plots(&cfg, &run);
     let seven = d.path().join("seven.csv");
     let three = d.path().join("three.csv");
     let traj = d.path().join("traj.csv");
@@ -271,15 +276,7 @@ fn bad_input_gets_clear_errors() {
     assert!(with_target("three.csv", "1,2,3\n4,5,6\n").contains("dimension"));
 
     let run = d.path().join("r");
-    ok(&[
-        "train",
-        "--config",
-        s(&cfg),
-        "--out",
-        s(&run),
-        "--set",
-        "log.plots=false",
-    ]);
+    train_without_plots(&cfg, &run);
     let out = d.path().join("o.npy");
     assert!(
         fails(&["sample", "--run", s(&run), "--n", "0", "--out", s(&out)])

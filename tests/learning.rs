@@ -4,7 +4,7 @@ use energy_matching::backend::{cpu, Precision};
 use energy_matching::config::RunConfig;
 use energy_matching::metrics::energy_distance_sq;
 use energy_matching::rng::{stream, Purpose};
-use energy_matching::run::{data_sources, draw_samples, trainer_for};
+use energy_matching::run::{data_sources, draw_samples, trainer_for, SamplingSetup};
 use energy_matching::train::Trainer;
 
 #[test]
@@ -24,16 +24,12 @@ fn short_flow_matching_brings_samples_toward_the_target() {
     }
     let late: f64 = last[last.len() - 50..].iter().sum::<f64>() / 50.0;
     assert!(late < 0.5 * first, "flow loss {first} -> {late}");
-    let samples = draw_samples(
-        &tr.state.model,
-        &cfg,
-        &cfg.sample,
-        400,
-        1,
-        None,
-        &mut |_| {},
-    )
-    .unwrap();
+    let setup = SamplingSetup {
+        source: &source,
+        schedule: cfg.schedule,
+        sampler: &cfg.sample,
+    };
+    let samples = draw_samples(&tr.state.model, &setup, 400, 1, None, &mut |_| {}).unwrap();
     let t = target.sample(400, &mut stream(9, Purpose::Data, 0));
     let s0 = source.sample(400, &mut stream(9, Purpose::Data, 1));
     let (before, after) = (

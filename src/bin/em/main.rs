@@ -296,10 +296,15 @@ fn sample(a: SampleArgs, quiet: bool) -> Result<()> {
     }
     let mut ui = progress::Ui::new(quiet);
     let rec = TrajectoryRecorder::new(5, 64);
+    let (_, source) = run::data_sources(&cfg)?;
+    let setup = run::SamplingSetup {
+        source: &source,
+        schedule: cfg.schedule,
+        sampler: &sc,
+    };
     let pts = run::draw_samples(
         &model,
-        &cfg,
-        &sc,
+        &setup,
         a.n,
         a.seed,
         a.trajectories.as_ref().map(|_| &rec),
@@ -337,10 +342,7 @@ fn eval(a: EvalArgs) -> Result<()> {
     let samples = read_points(&a.samples)?;
     let target = match DataSource::from_spec(&a.target, samples.dim(), "--target")? {
         DataSource::File { points, .. } => points,
-        src => src.sample(
-            a.n_target,
-            &mut energy_matching::rng::stream(a.seed, energy_matching::rng::Purpose::Data, 1),
-        ),
+        src => run::eval_target(&src, a.seed, a.n_target),
     };
     let m = metrics::compare(&samples, &target, a.projections, 5000, a.seed)?;
     let mut out = serde_json::to_value(&m)?;
@@ -364,23 +366,22 @@ fn plot(a: PlotArgs) -> Result<()> {
         .with_context(|| format!("no checkpoint in {}", rd.checkpoints().display()))?;
     let (model, cfg, _) = run::load_model(&ckpt, true)?;
     let samples_path = a.run.join("samples.npy");
+    let (target_src, source) = run::data_sources(&cfg)?;
+    let setup = run::SamplingSetup {
+        source: &source,
+        schedule: cfg.schedule,
+        sampler: &cfg.sample,
+    };
     let samples = if samples_path.exists() {
         read_points(&samples_path)?
     } else {
-        run::draw_samples(&model, &cfg, &cfg.sample, 2000, cfg.seed, None, &mut |_| {})?
+        run::draw_samples(&model, &setup, 2000, cfg.seed, None, &mut |_| {})?
     };
-    let target = run::eval_target(&cfg, 5000)?;
+    let target = run::eval_target(&target_src, cfg.seed, 5000);
     let rec = TrajectoryRecorder::new(2, 12);
-    run::draw_samples(
-        &model,
-        &cfg,
-        &cfg.sample,
-        12,
-        cfg.seed,
-        Some(&rec),
-        &mut |_| {},
-    )?;
-    run::plot_run(&a.run, &model, &cfg, &samples, &target, &rec.into_frames())?;
+    run::draw_samples(&model, &setup, 12, cfg.seed, Some(&rec), &mut |_| {})?;
+    let frames = rec.into_frames();
+    run::plot_run(&a.run, &model, &cfg, &source, &samples, &target, &frames)?;
     println!("plots written to {}", a.run.display());
     Ok(())
 }
