@@ -64,6 +64,12 @@ pub fn vector(values: Vec<f64>, device: &Device, p: Precision) -> Tensor<1> {
     matrix(values, 1, n, device, p).reshape([n])
 }
 
+/// A `[n]` f32 tensor from f32 values.
+pub fn vector_f32(values: Vec<f32>, device: &Device) -> Tensor<1> {
+    let n = values.len();
+    Tensor::from_data(TensorData::new(values, [n]), (device, DType::F32))
+}
+
 /// A `[n, dim]` tensor holding the points.
 pub fn from_points(x: &Points, device: &Device, p: Precision) -> Tensor<2> {
     let data = match p {

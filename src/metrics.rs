@@ -5,10 +5,11 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::backend::{from_points, to_f64_vec, Precision};
+use rayon::prelude::*;
+
 use crate::points::sq_dist;
-use crate::potential::Potential;
 use crate::rng::{normal, stream, Purpose, RngExt};
+use crate::sampler::{GradField, Scratch};
 use crate::{EmError, Points, Result};
 
 /// Metric values comparing samples with target points.
@@ -180,7 +181,7 @@ pub fn compare(
 /// Mean NLL of `points` under exp(−V/ε)/Z in 2-D, Z by a `grid × grid` Riemann sum over the
 /// bounding box of `points` widened by `margin` on each side.
 pub fn grid_nll_2d(
-    potential: &dyn Potential,
+    potential: &dyn GradField,
     epsilon: f64,
     points: &Points,
     grid: usize,
@@ -235,21 +236,27 @@ pub fn grid_points(lo: [f64; 2], hi: [f64; 2], grid: usize) -> (Points, f64) {
     )
 }
 
-/// V at every point (plain device, batches of 4,096).
-pub fn energies(potential: &dyn Potential, points: &Points) -> Result<Vec<f64>> {
-    let device = crate::backend::cpu();
-    let mut out = Vec::with_capacity(points.len());
-    let mut s = 0;
-    while s < points.len() {
-        let e = (s + 4096).min(points.len());
-        out.extend(to_f64_vec(potential.energy(from_points(
-            &points.slice_rows(s, e),
-            &device,
-            Precision::F32,
-        ))));
-        s = e;
-    }
-    Ok(out)
+/// V at every point, in blocks of 4,096 rows (on all threads when the field allows it).
+pub fn energies(field: &dyn GradField, points: &Points) -> Result<Vec<f64>> {
+    points.expect_dim(field.dim(), "points for energies")?;
+    let d = field.dim();
+    let block = |x: &[f32]| {
+        let n = x.len() / d;
+        let mut e = vec![0.0f32; n];
+        field.energy(x, n, &mut e, &mut Scratch::default());
+        e
+    };
+    let chunks = points.as_slice().chunks(4096 * d);
+    let out: Vec<Vec<f32>> = if field.parallel_safe() {
+        chunks
+            .collect::<Vec<_>>()
+            .into_par_iter()
+            .map(block)
+            .collect()
+    } else {
+        chunks.map(block).collect()
+    };
+    Ok(out.into_iter().flatten().map(f64::from).collect())
 }
 
 /// A random subset of `k` indices (for plots).
@@ -267,9 +274,10 @@ pub fn subsample_indices(n: usize, k: usize, seed: u64) -> Vec<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::cpu;
+    use crate::backend::{cpu, Precision};
     use crate::potential::Quadratic;
     use crate::rng::fill_normal;
+    use crate::sampler::TensorField;
 
     fn gauss(n: usize, seed: u64, shift: f32, scale: f32) -> Points {
         let mut r = stream(seed, Purpose::Data, 1);
@@ -313,9 +321,13 @@ mod tests {
     #[test]
     fn grid_nll_of_a_quadratic_is_the_gaussian_nll() {
         // V = ½‖x‖², ε = 0.5 ⇒ p = N(0, 0.5 I); NLL(0) = log(2π·0.5)
-        let q = Quadratic::new(&[0.0, 0.0], &[1.0, 1.0], &cpu(), Precision::F32);
+        let q = Quadratic::new(&[0.0, 0.0], &[1.0, 1.0], &cpu(), Precision::F64);
+        let field = TensorField {
+            potential: &q,
+            precision: Precision::F64,
+        };
         let at_origin = Points::new(1, 2, vec![0.0, 0.0]).unwrap();
-        let nll = grid_nll_2d(&q, 0.5, &at_origin, 400, 6.0).unwrap();
+        let nll = grid_nll_2d(&field, 0.5, &at_origin, 400, 6.0).unwrap();
         assert!((nll - (std::f64::consts::PI).ln()).abs() < 1e-3, "{nll}");
     }
 

@@ -18,7 +18,7 @@ use crate::metrics::{self, SampleMetrics};
 use crate::plot::{self, Field, Overlay, Series};
 use crate::potential::{Mlp, Model, Potential};
 use crate::rng::{stream, Purpose};
-use crate::sampler::{self, Drift, SampleRequest, SamplerConfig, TrajectoryRecorder};
+use crate::sampler::{self, Drift, GradField, SampleRequest, SamplerConfig, TrajectoryRecorder};
 use crate::schedule::Schedule;
 use crate::train::{Phase, StepStats, Trainer, TrainerState};
 use crate::{EmError, Points, Result};
@@ -385,7 +385,7 @@ pub fn evaluate_run(
     )?;
     let grid_nll = if cfg.model.dim == 2 && cfg.schedule.epsilon_max > 0.0 {
         Some(metrics::grid_nll_2d(
-            &model,
+            model.host_field()?.as_ref(),
             cfg.schedule.epsilon_max,
             &target,
             300,
@@ -409,7 +409,7 @@ pub fn evaluate_run(
         let frames = rec.into_frames();
         plot_run(
             dir,
-            &model,
+            model.host_field()?.as_ref(),
             cfg,
             &trainer.source,
             &samples,
@@ -423,7 +423,7 @@ pub fn evaluate_run(
 /// Potential and density plots (2-D) and training curves of a run directory.
 pub fn plot_run(
     dir: &Path,
-    model: &dyn Potential,
+    model: &dyn GradField,
     cfg: &RunConfig,
     source: &DataSource,
     samples: &Points,

@@ -8,35 +8,49 @@ use crate::backend::to_f64_vec;
 use crate::sampler::{GradField, Scratch};
 use crate::Result;
 
-struct Dense {
+pub(super) struct Dense {
     /// `[fan_in, fan_out]`, row-major.
-    w: Vec<f32>,
-    b: Vec<f32>,
-    fan_in: usize,
-    fan_out: usize,
-    act: Activation,
+    pub(super) w: Vec<f32>,
+    pub(super) b: Vec<f32>,
+    pub(super) fan_in: usize,
+    pub(super) fan_out: usize,
+    pub(super) act: Activation,
 }
 
 /// The f32 inference form of an [`Mlp`].
 pub struct HostMlp {
-    dim: usize,
-    hidden: Vec<Dense>,
-    out_w: Vec<f32>,
-    out_b: f32,
-    scale: f32,
-    clamp: Option<f32>,
+    pub(super) dim: usize,
+    pub(super) hidden: Vec<Dense>,
+    pub(super) out_w: Vec<f32>,
+    pub(super) out_b: f32,
+    pub(super) scale: f32,
+    pub(super) clamp: Option<f32>,
 }
 
-/// `dst[n×m] = a[n×k] · b` where `b` is `[k×m]` row-major, or its transpose when `b_t`
-/// (then `b` is stored `[m×k]`).
-fn matmul(dst: &mut [f32], a: &[f32], b: &[f32], n: usize, k: usize, m: usize, b_t: bool) {
+/// `dst[n×m] (+)= op(a) · op(b)`, all row-major: `op(a)` is `[n×k]` (stored `[k×n]` when
+/// `a_t`), `op(b)` is `[k×m]` (stored `[m×k]` when `b_t`); `accumulate` adds to `dst`.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn gemm_into(
+    dst: &mut [f32],
+    (a, a_t): (&[f32], bool),
+    (b, b_t): (&[f32], bool),
+    n: usize,
+    k: usize,
+    m: usize,
+    accumulate: bool,
+) {
+    let (lhs_cs, lhs_rs) = if a_t {
+        (n as isize, 1)
+    } else {
+        (1, k as isize)
+    };
     let (rhs_cs, rhs_rs) = if b_t {
         (k as isize, 1)
     } else {
         (1, m as isize)
     };
-    // SAFETY: the slices hold n·k, k·m and n·m values (checked below); strides describe them.
     assert!(a.len() >= n * k && b.len() >= k * m && dst.len() >= n * m);
+    // SAFETY: the slices hold n·k, k·m and n·m values (checked above); strides describe them.
     unsafe {
         gemm::gemm(
             n,
@@ -45,14 +59,14 @@ fn matmul(dst: &mut [f32], a: &[f32], b: &[f32], n: usize, k: usize, m: usize, b
             dst.as_mut_ptr(),
             1,
             m as isize,
-            false,
+            accumulate,
             a.as_ptr(),
-            1,
-            k as isize,
+            lhs_cs,
+            lhs_rs,
             b.as_ptr(),
             rhs_cs,
             rhs_rs,
-            0.0,
+            if accumulate { 1.0 } else { 0.0 },
             1.0,
             false,
             false,
@@ -60,6 +74,12 @@ fn matmul(dst: &mut [f32], a: &[f32], b: &[f32], n: usize, k: usize, m: usize, b
             gemm::Parallelism::None,
         );
     }
+}
+
+/// `dst[n×m] = a[n×k] · b` where `b` is `[k×m]` row-major, or its transpose when `b_t`
+/// (then `b` is stored `[m×k]`).
+fn matmul(dst: &mut [f32], a: &[f32], b: &[f32], n: usize, k: usize, m: usize, b_t: bool) {
+    gemm_into(dst, (a, false), (b, b_t), n, k, m, false);
 }
 
 /// eˣ in f32 by Cody–Waite range reduction and a degree-6 polynomial (≈1 ulp on
@@ -77,68 +97,100 @@ fn fast_exp(x: f32) -> f32 {
     f32::from_bits(((n as i32 + 127) as u32) << 23) * p
 }
 
-/// a = act(z + b), d = act'(z + b), in place over `z` (becomes a) and `d`.
+/// Maps every row of `z` (width `b.len()`) through `f(z + b) = [a, a', a'']`: `z` becomes a,
+/// `d` a', and (when `SECOND`) `d2` a''.
 #[inline(always)]
-fn activate_rows(z: &mut [f32], d: &mut [f32], b: &[f32], act: Activation) {
+fn map_rows<const SECOND: bool>(
+    z: &mut [f32],
+    d: &mut [f32],
+    d2: &mut [f32],
+    b: &[f32],
+    f: impl Fn(f32) -> [f32; 3],
+) {
     let m = b.len();
-    for (zr, dr) in z.chunks_mut(m).zip(d.chunks_mut(m)) {
-        match act {
-            Activation::Silu => {
-                for ((zi, di), bi) in zr.iter_mut().zip(dr.iter_mut()).zip(b) {
-                    let v = *zi + bi;
-                    let s = 1.0 / (1.0 + fast_exp(-v));
-                    let a = v * s;
-                    *di = s + a * (1.0 - s);
-                    *zi = a;
-                }
+    if SECOND {
+        let rows = z.chunks_mut(m).zip(d.chunks_mut(m)).zip(d2.chunks_mut(m));
+        for ((zr, dr), er) in rows {
+            for (((zi, di), ei), bi) in zr.iter_mut().zip(dr.iter_mut()).zip(er).zip(b) {
+                let [a, da, dda] = f(*zi + bi);
+                (*zi, *di, *ei) = (a, da, dda);
             }
-            Activation::Relu => {
-                for ((zi, di), bi) in zr.iter_mut().zip(dr.iter_mut()).zip(b) {
-                    let v = *zi + bi;
-                    *di = if v > 0.0 { 1.0 } else { 0.0 };
-                    *zi = v.max(0.0);
-                }
-            }
-            Activation::Softplus => {
-                for ((zi, di), bi) in zr.iter_mut().zip(dr.iter_mut()).zip(b) {
-                    let v = *zi + bi;
-                    *di = 1.0 / (1.0 + fast_exp(-v));
-                    *zi = v.max(0.0) + (-v.abs()).exp().ln_1p();
-                }
-            }
-            Activation::Tanh => {
-                for ((zi, di), bi) in zr.iter_mut().zip(dr.iter_mut()).zip(b) {
-                    let a = (*zi + bi).tanh();
-                    *di = 1.0 - a * a;
-                    *zi = a;
-                }
-            }
-            Activation::Gelu => {
-                for ((zi, di), bi) in zr.iter_mut().zip(dr.iter_mut()).zip(b) {
-                    let v = *zi + bi;
-                    let cdf = 0.5 * (1.0 + libm::erff(v * std::f32::consts::FRAC_1_SQRT_2));
-                    let pdf = (-0.5 * v * v).exp() * 0.398_942_3;
-                    *di = cdf + v * pdf;
-                    *zi = v * cdf;
-                }
+        }
+    } else {
+        for (zr, dr) in z.chunks_mut(m).zip(d.chunks_mut(m)) {
+            for ((zi, di), bi) in zr.iter_mut().zip(dr.iter_mut()).zip(b) {
+                let [a, da, _] = f(*zi + bi);
+                (*zi, *di) = (a, da);
             }
         }
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn activate_avx2(z: &mut [f32], d: &mut [f32], b: &[f32], act: Activation) {
-    activate_rows(z, d, b, act)
+/// a = act(z + b), d = act'(z + b) and (when `SECOND`) d2 = act''(z + b), in place over `z`.
+#[inline(always)]
+fn activate_rows<const SECOND: bool>(
+    z: &mut [f32],
+    d: &mut [f32],
+    d2: &mut [f32],
+    b: &[f32],
+    act: Activation,
+) {
+    match act {
+        Activation::Silu => map_rows::<SECOND>(z, d, d2, b, |v| {
+            let s = 1.0 / (1.0 + fast_exp(-v));
+            let a = v * s;
+            [
+                a,
+                s + a * (1.0 - s),
+                s * (1.0 - s) * (2.0 + v * (1.0 - 2.0 * s)),
+            ]
+        }),
+        Activation::Relu => map_rows::<SECOND>(z, d, d2, b, |v| {
+            [v.max(0.0), if v > 0.0 { 1.0 } else { 0.0 }, 0.0]
+        }),
+        Activation::Softplus => map_rows::<SECOND>(z, d, d2, b, |v| {
+            let s = 1.0 / (1.0 + fast_exp(-v));
+            [v.max(0.0) + (-v.abs()).exp().ln_1p(), s, s * (1.0 - s)]
+        }),
+        Activation::Tanh => map_rows::<SECOND>(z, d, d2, b, |v| {
+            let a = v.tanh();
+            [a, 1.0 - a * a, -2.0 * a * (1.0 - a * a)]
+        }),
+        Activation::Gelu => map_rows::<SECOND>(z, d, d2, b, |v| {
+            let cdf = 0.5 * (1.0 + libm::erff(v * std::f32::consts::FRAC_1_SQRT_2));
+            let pdf = (-0.5 * v * v).exp() * 0.398_942_3;
+            [v * cdf, cdf + v * pdf, pdf * (2.0 - v * v)]
+        }),
+    }
 }
 
-fn activate(z: &mut [f32], d: &mut [f32], b: &[f32], act: Activation) {
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn activate_avx2<const SECOND: bool>(
+    z: &mut [f32],
+    d: &mut [f32],
+    d2: &mut [f32],
+    b: &[f32],
+    act: Activation,
+) {
+    activate_rows::<SECOND>(z, d, d2, b, act)
+}
+
+/// a = act(z + b) in place over `z`, d = act'(z + b), and (when `SECOND`) d2 = act''(z + b);
+/// AVX2 code where the CPU has it.
+pub(super) fn activate<const SECOND: bool>(
+    z: &mut [f32],
+    d: &mut [f32],
+    d2: &mut [f32],
+    b: &[f32],
+    act: Activation,
+) {
     #[cfg(target_arch = "x86_64")]
     if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
         // SAFETY: the CPU supports the features the function was compiled for.
-        return unsafe { activate_avx2(z, d, b, act) };
+        return unsafe { activate_avx2::<SECOND>(z, d, d2, b, act) };
     }
-    activate_rows(z, d, b, act)
+    activate_rows::<SECOND>(z, d, d2, b, act)
 }
 
 impl HostMlp {
@@ -193,7 +245,7 @@ impl HostMlp {
             a.resize(n * layer.fan_out, 0.0);
             derivs[l].resize(n * layer.fan_out, 0.0);
             matmul(a, input, &layer.w, n, layer.fan_in, layer.fan_out, false);
-            activate(a, &mut derivs[l], &layer.b, layer.act);
+            activate::<false>(a, &mut derivs[l], &mut [], &layer.b, layer.act);
         }
         let h_last: &[f32] = if layers == 0 { x } else { &acts[layers - 1] };
         let width = self.out_w.len();
@@ -206,13 +258,7 @@ impl HostMlp {
             let mut e_out = vec![0.0f32; n];
             for (i, row) in h_last.chunks(width).take(n).enumerate() {
                 let o = row.iter().zip(&self.out_w).map(|(a, b)| a * b).sum::<f32>() + self.out_b;
-                let (v, d) = match self.clamp {
-                    None => (self.scale * o, self.scale),
-                    Some(c) => {
-                        let th = (self.scale * o / c).tanh();
-                        (c * th, self.scale * (1.0 - th * th))
-                    }
-                };
+                let [v, d, _] = self.head(o);
                 e_out[i] = v;
                 dv[i] = d;
             }

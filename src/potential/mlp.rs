@@ -288,6 +288,10 @@ impl Model for Mlp {
         Ok(Box::new(self.host()?))
     }
 
+    fn fused_backprop(&self) -> Result<Option<super::HostMlp>> {
+        self.host().map(Some)
+    }
+
     fn flat_grads(&self, grads: &Gradients) -> Vec<Option<Tensor<1>>> {
         self.params
             .iter()

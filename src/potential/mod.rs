@@ -8,11 +8,13 @@
 //! parameter gradient of a loss built on it (see the tests of each implementation).
 
 mod activation;
+mod host_backprop;
 mod host_mlp;
 mod mlp;
 mod quadratic;
 
 pub use activation::Activation;
+pub use host_backprop::Recording;
 pub use host_mlp::HostMlp;
 pub use mlp::{Mlp, MlpConfig};
 pub use quadratic::Quadratic;
@@ -67,6 +69,11 @@ pub trait Model: Potential + Clone {
             potential: self,
             precision: crate::backend::Precision::F32,
         }))
+    }
+    /// The fused f32 host form that computes training-step gradients without autodiff
+    /// ([`HostMlp::param_grads`]), where the model has one.
+    fn fused_backprop(&self) -> Result<Option<HostMlp>> {
+        Ok(None)
     }
     /// Total number of scalar parameters.
     fn num_params(&self) -> usize {

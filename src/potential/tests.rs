@@ -209,3 +209,131 @@ fn tutorial_network_has_the_reference_size() {
     // 2→256 (ReLU) →256→256→256 (SiLU) →1: 768 + 3·65,792 + 257 = 198,401 parameters
     assert_eq!(MlpConfig::default().num_params(), 198_401);
 }
+
+/// Coefficients of the energy part and of the gradient part of a test loss.
+type LossParts<'a> = (Option<&'a [f64]>, Option<&'a [f64]>);
+
+/// L = Σ α_b V_b + Σ c·∇ₓV + ½‖∇ₓV‖² through burn's autodiff (the reference), with either
+/// part switched off.
+fn mixed_loss(
+    m: &Mlp,
+    x: &[f64],
+    (alpha, c): LossParts<'_>,
+    b: usize,
+    d: usize,
+) -> burn::tensor::Tensor<1> {
+    let dev = cpu_autodiff();
+    let (e, g) = m.energy_and_grad(matrix(x.to_vec(), b, d, &dev, P));
+    let energy_part = alpha.map(|a| (e * vector(a.to_vec(), &dev, P)).sum());
+    let grad_part = c.map(|c| grad_loss_terms(g, c, b, d, &dev));
+    match (energy_part, grad_part) {
+        (Some(a), Some(b)) => a + b,
+        (Some(a), None) => a,
+        (None, Some(b)) => b,
+        (None, None) => unreachable!("a loss with at least one part"),
+    }
+}
+
+fn grad_loss_terms(
+    g: burn::tensor::Tensor<2>,
+    c: &[f64],
+    b: usize,
+    d: usize,
+    dev: &burn::tensor::Device,
+) -> burn::tensor::Tensor<1> {
+    let c = matrix(c.to_vec(), b, d, dev, P);
+    (g.clone() * c).sum() + g.powi_scalar(2).sum() * 0.5
+}
+
+#[test]
+fn fused_host_backprop_equals_autodiff_over_the_explicit_gradient() {
+    // 150 rows: three blocks of work, the last one partial
+    let (b, d) = (150, 3);
+    let x = randn(b * d, 11);
+    let c = randn(b * d, 12);
+    let alpha: Vec<f64> = randn(b, 13);
+    for act in Activation::ALL {
+        for clamp in [None, Some(1.2)] {
+            let cfg = MlpConfig {
+                dim: d,
+                hidden: vec![9, 7, 6],
+                activation: act,
+                first_activation: Some(Activation::Relu),
+                output_scale: 1.7,
+                energy_clamp: clamp,
+            };
+            let m = cfg.init(5, &cpu(), P).unwrap();
+            let host = m
+                .fused_backprop()
+                .unwrap()
+                .expect("an MLP has a fused form");
+            let x32: Vec<f32> = x.iter().map(|&v| v as f32).collect();
+            let rec = host.record(&x32, b);
+            let g_host = rec.grads();
+            // seeds of the same loss: ∂L/∂V = α, ∂L/∂∇V = c + ∇V
+            let d_grad: Vec<f32> = c.iter().zip(&g_host).map(|(c, g)| *c as f32 + g).collect();
+            let d_energy: Vec<f32> = alpha.iter().map(|&a| a as f32).collect();
+            let cases: [LossParts<'_>; 3] = [
+                (Some(&alpha), Some(&c)),
+                (None, Some(&c)),
+                (Some(&alpha), None),
+            ];
+            for (a, cc) in cases {
+                let tracked = m.tracked();
+                let grads = mixed_loss(&tracked, &x, (a, cc), b, d).backward();
+                let reference = tracked.flat_grads(&grads);
+                let fused = host.param_grads(
+                    &rec,
+                    a.map(|_| d_energy.as_slice()),
+                    cc.map(|_| d_grad.as_slice()),
+                );
+                let case = format!(
+                    "{act:?} clamp {clamp:?} energy {} grad {}",
+                    a.is_some(),
+                    cc.is_some()
+                );
+                assert_eq!(reference.len(), fused.len());
+                for (k, (r, f)) in reference.into_iter().zip(fused).enumerate() {
+                    let r = r.map(to_f64_vec);
+                    match (r, f) {
+                        (None, None) => {}
+                        (Some(r), Some(f)) => {
+                            let scale = r.iter().fold(1e-3f64, |m, v| m.max(v.abs()));
+                            for (i, (rv, fv)) in r.iter().zip(&f).enumerate() {
+                                assert!(
+                                    (rv - *fv as f64).abs() < 2e-4 * scale,
+                                    "{case}: param {k}[{i}] {rv} vs {fv}"
+                                );
+                            }
+                        }
+                        (r, f) => panic!(
+                            "{case}: param {k} has a gradient in one path only ({} vs {})",
+                            r.is_some(),
+                            f.is_some()
+                        ),
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn recorded_energies_and_gradients_match_the_tensor_mlp() {
+    let (b, d) = (70, 3);
+    let m = small_mlp(Activation::Gelu, Some(0.9));
+    let x = randn(b * d, 21);
+    let (e, g) = m.energy_and_grad(matrix(x.clone(), b, d, &cpu(), P));
+    let x32: Vec<f32> = x.iter().map(|&v| v as f32).collect();
+    let rec = m.fused_backprop().unwrap().unwrap().record(&x32, b);
+    assert_eq!(rec.len(), b);
+    for (want, got) in [
+        (to_f64_vec(e), rec.energies()),
+        (to_f64_vec(g), rec.grads()),
+    ] {
+        assert_eq!(want.len(), got.len());
+        for (w, v) in want.iter().zip(got) {
+            assert!((w - v as f64).abs() < 1e-5 * w.abs().max(1.0), "{w} vs {v}");
+        }
+    }
+}

@@ -27,6 +27,17 @@ pub enum FlowWeighting {
     Always,
 }
 
+/// How a training step computes its parameter gradient.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Backprop {
+    /// The hand-derived f32 host backward pass ([`crate::potential::HostMlp::param_grads`])
+    /// where the model has one (MLPs at f32 precision); autodiff otherwise.
+    Fused,
+    /// burn's first-order autodiff over the explicit ∇ₓV (any model, any precision).
+    Autodiff,
+}
+
 /// Training-loop settings (the `[train]` table of a run config).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -51,6 +62,8 @@ pub struct TrainConfig {
     pub cd_trim: f64,
     /// How x₀ and x₁ are paired.
     pub coupling: Coupling,
+    /// How the parameter gradient is computed (same numbers up to f32 rounding).
+    pub backprop: Backprop,
 }
 
 impl Default for TrainConfig {
@@ -69,6 +82,7 @@ impl Default for TrainConfig {
                 resample: true,
                 ..Coupling::default()
             },
+            backprop: Backprop::Fused,
         }
     }
 }

@@ -6,10 +6,10 @@ use serde::{Deserialize, Serialize};
 use super::loss::{contrastive, flow_loss, trimmed_indices};
 use super::negatives::{self, NegativesConfig};
 use super::optim::{ema_update, Adam, OptimConfig};
-use super::{EnergyStats, FlowWeighting, TrainConfig};
-use crate::backend::{from_points, scalar, to_f64_vec, Precision};
+use super::{Backprop, EnergyStats, FlowWeighting, TrainConfig};
+use crate::backend::{from_points, scalar, to_f64_vec, vector_f32, Precision};
 use crate::data::DataSource;
-use crate::potential::Model;
+use crate::potential::{HostMlp, Model};
 use crate::rng::{normal, stream, uniform, Purpose, Rng};
 use crate::schedule::Schedule;
 use crate::{EmError, Points, Result};
@@ -220,7 +220,7 @@ impl<M: Model> Trainer<M> {
         } else {
             None
         };
-        serial_pool().install(|| self.update(step, phase, (&xt, &u, &w), contrast))
+        self.update(step, phase, (&xt, &u, &w), contrast)
     }
 
     /// The parameter update of one step, given its flow batch and (phase 2) positives/negatives.
@@ -228,65 +228,42 @@ impl<M: Model> Trainer<M> {
         &mut self,
         step: u64,
         phase: Phase,
-        (xt, u, w): (&Points, &Points, &[f64]),
+        flow: FlowBatch<'_>,
         contrast: Option<(Points, Points)>,
     ) -> Result<StepStats> {
-        let device = crate::backend::cpu_autodiff();
-        let p = self.precision;
-        let tracked = self.state.model.tracked();
-        let flow = flow_loss(
-            &tracked,
-            from_points(xt, &device, p),
-            from_points(u, &device, p),
-            w,
-        );
-        let flow_value = scalar(flow.clone());
-        let (loss, cd_value, e_pos, e_neg) = if let Some((pos, neg)) = contrast {
-            let ep = tracked.energy(from_points(&pos, &device, p));
-            let en = tracked.energy(from_points(&neg, &device, p));
-            let (ep_v, en_v) = (to_f64_vec(ep.clone()), to_f64_vec(en.clone()));
-            let kept = trimmed_indices(&en_v, self.train.cd_trim);
-            let cd = contrastive(ep, en, &kept);
-            let cd_raw = scalar(cd.clone());
-            let clamped = matches!(self.train.cd_clamp, Some(c) if cd_raw < -c);
-            let cd_value = if clamped {
-                -self.train.cd_clamp.unwrap_or(0.0)
-            } else {
-                cd_raw
-            };
-            // below the clamp the term is constant: it contributes no gradient
-            let cd_term = if clamped { cd * 0.0 + cd_value } else { cd };
-            let loss = flow * self.train.flow_loss_weight + cd_term * self.train.cd_weight;
-            (
-                loss,
-                Some(cd_value),
-                Some(EnergyStats::of(&ep_v)),
-                Some(EnergyStats::of(&en_v)),
-            )
-        } else {
-            (flow, None, None, None)
+        let flow_weight = match phase {
+            Phase::Phase1 => 1.0,
+            Phase::Phase2 => self.train.flow_loss_weight,
         };
-        let loss_value = scalar(loss.clone());
-        for (what, v) in [("loss", loss_value), ("flow loss", flow_value)] {
+        let fused = match (self.train.backprop, self.precision) {
+            (Backprop::Fused, Precision::F32) => self.state.model.fused_backprop()?,
+            _ => None,
+        };
+        let ev = match fused {
+            Some(host) => self.evaluate_fused(&host, flow, flow_weight, contrast),
+            None => serial_pool().install(|| self.evaluate_autodiff(flow, flow_weight, contrast)),
+        };
+        let cd_value = ev.cd.as_ref().map(|c| c.value);
+        let loss = flow_weight * ev.flow + cd_value.map_or(0.0, |c| self.train.cd_weight * c);
+        for (what, v) in [("loss", loss), ("flow loss", ev.flow)] {
             if !v.is_finite() {
                 return Err(self.diverged(step, what, v));
             }
         }
+        let e_pos = ev.cd.as_ref().map(|c| c.e_pos);
+        let e_neg = ev.cd.as_ref().map(|c| c.e_neg);
         for (what, s) in [("positive energies", e_pos), ("negative energies", e_neg)] {
             if let Some(s) = s.filter(|s| !s.is_finite()) {
                 return Err(self.diverged(step, what, s.mean));
             }
         }
-
-        let grads = loss.backward();
-        let g = tracked.flat_grads(&grads);
-        let norm = Adam::grad_norm(&g);
+        let norm = Adam::grad_norm(&ev.grads);
         if !norm.is_finite() {
             return Err(self.diverged(step, "gradient norm", norm));
         }
         let lr = self.optim.lr_at(step);
         let params = self.state.model.flat_params();
-        let (new_params, report) = self.state.adam.step(params, g, &self.optim, lr);
+        let (new_params, report) = self.state.adam.step(params, ev.grads, &self.optim, lr);
         self.state.model.set_flat_params(new_params)?;
         let decay = match phase {
             Phase::Phase1 => self.optim.ema_decay_phase1,
@@ -299,13 +276,170 @@ impl<M: Model> Trainer<M> {
         Ok(StepStats {
             step,
             phase,
-            loss: loss_value,
-            flow_loss: flow_value,
+            loss,
+            flow_loss: ev.flow,
             cd_loss: cd_value,
             e_pos,
             e_neg,
             grad_norm: report.grad_norm,
             lr,
         })
+    }
+
+    /// Loss terms and parameter gradients through burn's autodiff over the explicit ∇ₓV.
+    fn evaluate_autodiff(
+        &self,
+        (xt, u, w): FlowBatch<'_>,
+        flow_weight: f64,
+        contrast: Option<(Points, Points)>,
+    ) -> Evaluation {
+        let device = crate::backend::cpu_autodiff();
+        let p = self.precision;
+        let tracked = self.state.model.tracked();
+        let flow = flow_loss(
+            &tracked,
+            from_points(xt, &device, p),
+            from_points(u, &device, p),
+            w,
+        );
+        let flow_value = scalar(flow.clone());
+        let mut cd = None;
+        let mut loss = flow * flow_weight;
+        if let Some((pos, neg)) = contrast {
+            let ep = tracked.energy(from_points(&pos, &device, p));
+            let en = tracked.energy(from_points(&neg, &device, p));
+            let term = CdTerm::new(
+                &to_f64_vec(ep.clone()),
+                &to_f64_vec(en.clone()),
+                &self.train,
+            );
+            // below the clamp the term is constant: it contributes no gradient
+            let scale = if term.clamped {
+                0.0
+            } else {
+                self.train.cd_weight
+            };
+            loss = loss + contrastive(ep, en, &term.kept) * scale;
+            cd = Some(term);
+        }
+        let grads = loss.backward();
+        Evaluation {
+            flow: flow_value,
+            cd,
+            grads: tracked.flat_grads(&grads),
+        }
+    }
+
+    /// The same loss terms and gradients by the fused host backward pass of an MLP.
+    fn evaluate_fused(
+        &self,
+        host: &HostMlp,
+        (xt, u, w): FlowBatch<'_>,
+        flow_weight: f64,
+        contrast: Option<(Points, Points)>,
+    ) -> Evaluation {
+        let (b, d) = (xt.len(), xt.dim());
+        let rec = host.record(xt.as_slice(), b);
+        let g = rec.grads();
+        // L_flow = mean_b w_b mean_d (g + u)²  ⇒  ∂L/∂g = 2 w_b (g + u) / (B·D)
+        let mut flow = 0.0;
+        let mut d_grad = vec![0.0f32; b * d];
+        for i in 0..b {
+            let mut row = 0.0;
+            for k in 0..d {
+                let r = g[i * d + k] as f64 + u.row(i)[k] as f64;
+                row += r * r;
+                d_grad[i * d + k] = (flow_weight * 2.0 * w[i] * r / (b * d) as f64) as f32;
+            }
+            flow += w[i] * row / d as f64;
+        }
+        flow /= b as f64;
+        let mut grads = host.param_grads(&rec, None, Some(&d_grad));
+        let mut cd = None;
+        if let Some((pos, neg)) = contrast {
+            let (np, nn) = (pos.len(), neg.len());
+            let mut both = pos.as_slice().to_vec();
+            both.extend_from_slice(neg.as_slice());
+            let rec = host.record(&both, np + nn);
+            let e: Vec<f64> = rec.energies().into_iter().map(f64::from).collect();
+            let term = CdTerm::new(&e[..np], &e[np..], &self.train);
+            let scale = if term.clamped {
+                0.0
+            } else {
+                self.train.cd_weight
+            };
+            let mut d_energy = vec![(scale / np as f64) as f32; np];
+            d_energy.resize(np + nn, 0.0);
+            for &k in &term.kept {
+                d_energy[np + k] = (-scale / term.kept.len() as f64) as f32;
+            }
+            let cd_grads = host.param_grads(&rec, Some(&d_energy), None);
+            for (acc, g) in grads.iter_mut().zip(cd_grads) {
+                *acc = match (acc.take(), g) {
+                    (Some(mut a), Some(g)) => {
+                        a.iter_mut().zip(g).for_each(|(x, y)| *x += y);
+                        Some(a)
+                    }
+                    (a, g) => a.or(g),
+                };
+            }
+            cd = Some(term);
+        }
+        let device = crate::backend::cpu();
+        Evaluation {
+            flow,
+            cd,
+            grads: grads
+                .into_iter()
+                .map(|g| g.map(|g| vector_f32(g, &device)))
+                .collect(),
+        }
+    }
+}
+
+/// A flow batch: x_t, the target velocities u, and the per-row weights w(t).
+type FlowBatch<'a> = (&'a Points, &'a Points, &'a [f64]);
+
+/// The loss terms of one step and the parameter gradient of their weighted sum.
+struct Evaluation {
+    /// Flow-matching loss (before the phase's flow weight).
+    flow: f64,
+    /// The contrastive term (phase 2).
+    cd: Option<CdTerm>,
+    /// ∂loss/∂θ, canonical order; `None` where the loss does not depend on a parameter.
+    grads: Vec<Option<Tensor<1>>>,
+}
+
+/// The contrastive term of a phase-2 step, decided from the energies.
+#[derive(Debug, Clone)]
+struct CdTerm {
+    /// Indices of the kept (untrimmed) negatives.
+    kept: Vec<usize>,
+    /// mean V⁺ − mean_kept V⁻, after the clamp.
+    value: f64,
+    /// True when the clamp is active (the term is constant: no gradient).
+    clamped: bool,
+    e_pos: EnergyStats,
+    e_neg: EnergyStats,
+}
+
+impl CdTerm {
+    fn new(e_pos: &[f64], e_neg: &[f64], train: &TrainConfig) -> Self {
+        let kept = trimmed_indices(e_neg, train.cd_trim);
+        let mean_pos = e_pos.iter().sum::<f64>() / e_pos.len() as f64;
+        let mean_neg = kept.iter().map(|&k| e_neg[k]).sum::<f64>() / kept.len() as f64;
+        let raw = mean_pos - mean_neg;
+        let clamped = matches!(train.cd_clamp, Some(c) if raw < -c);
+        Self {
+            kept,
+            value: if clamped {
+                -train.cd_clamp.unwrap_or(0.0)
+            } else {
+                raw
+            },
+            clamped,
+            e_pos: EnergyStats::of(e_pos),
+            e_neg: EnergyStats::of(e_neg),
+        }
     }
 }

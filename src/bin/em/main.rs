@@ -348,7 +348,8 @@ fn eval(a: EvalArgs) -> Result<()> {
     let mut out = serde_json::to_value(&m)?;
     if let Some(c) = a.checkpoint {
         let (model, cfg, _) = run::load_model(&c, true)?;
-        let nll = metrics::grid_nll_2d(&model, cfg.schedule.epsilon_max, &target, 300, 1.5)?;
+        let field = model.host()?;
+        let nll = metrics::grid_nll_2d(&field, cfg.schedule.epsilon_max, &target, 300, 1.5)?;
         out["grid_nll"] = serde_json::json!(nll);
     }
     let text = serde_json::to_string_pretty(&out)?;
@@ -381,7 +382,8 @@ fn plot(a: PlotArgs) -> Result<()> {
     let rec = TrajectoryRecorder::new(2, 12);
     run::draw_samples(&model, &setup, 12, cfg.seed, Some(&rec), &mut |_| {})?;
     let frames = rec.into_frames();
-    run::plot_run(&a.run, &model, &cfg, &source, &samples, &target, &frames)?;
+    let field = model.host()?;
+    run::plot_run(&a.run, &field, &cfg, &source, &samples, &target, &frames)?;
     println!("plots written to {}", a.run.display());
     Ok(())
 }

@@ -1,0 +1,333 @@
+//! The parameter gradient of a loss L(V, ∇ₓV) for a [`HostMlp`], derived by hand and run on
+//! fused f32 host kernels: the training-step counterpart of the sampling kernel, and the same
+//! numbers burn's autodiff computes over the explicit ∇ₓV (tested against it).
+//!
+//! Notation (hidden layer l = 0..L−1): z_l = h_l W_l + b_l, h_{l+1} = a_l(z_l), h_0 = x;
+//! o = h_L w + b_o, V = head(o). The input gradient is the backward chain
+//! γ_L = head'(o)·w, δ_l = γ_{l+1} ⊙ a_l'(z_l), γ_l = δ_l W_lᵀ, ∇ₓV = γ_0.
+//!
+//! Given seeds ē = ∂L/∂V (per row) and Ḡ = ∂L/∂∇ₓV, reverse-mode through both chains:
+//! - up the backward chain (Γ = ∂L/∂γ, starting at Ḡ): ∂W_l += Γᵀ δ_l, Δ_l = Γ W_l,
+//!   Γ ← Δ_l ⊙ a_l', and z_l receives S_l = Δ_l ⊙ γ_{l+1} ⊙ a_l''(z_l);
+//! - at the head: ∂w += Σ head'(o)·Γ, ∂o = ē·head'(o) + (Γ·w)·head''(o), ∂w += hᵀ∂o,
+//!   ∂b_o = Σ ∂o, H = ∂o ⊗ w;
+//! - down the forward chain: Z_l = H ⊙ a_l' + S_l, ∂W_l += h_lᵀ Z_l, ∂b_l = Σ Z_l,
+//!   H ← Z_l W_lᵀ.
+
+use rayon::prelude::*;
+
+use super::host_mlp::{activate, gemm_into};
+use super::HostMlp;
+
+/// Rows per independent block of work. Fixed (not per thread) so that the summation order,
+/// and hence every bit of the result, does not depend on the thread count.
+const CHUNK_ROWS: usize = 64;
+
+/// One block of rows after the forward pass and the input-gradient pass.
+struct ChunkTape {
+    rows: usize,
+    x: Vec<f32>,
+    /// h_{l+1} for each hidden layer.
+    acts: Vec<Vec<f32>>,
+    /// a_l'(z_l).
+    d1: Vec<Vec<f32>>,
+    /// δ_l = γ_{l+1} ⊙ a_l'.
+    delta: Vec<Vec<f32>>,
+    /// γ_{l+1} ⊙ a_l''(z_l).
+    curv: Vec<Vec<f32>>,
+    /// head'(o), head''(o) per row.
+    dv: Vec<f32>,
+    ddv: Vec<f32>,
+    energy: Vec<f32>,
+    grad: Vec<f32>,
+}
+
+/// A forward pass of a [`HostMlp`] over a batch, keeping what [`HostMlp::param_grads`] needs;
+/// also the batch's energies and input gradients.
+pub struct Recording {
+    chunks: Vec<ChunkTape>,
+}
+
+impl Recording {
+    /// Number of rows.
+    pub fn len(&self) -> usize {
+        self.chunks.iter().map(|c| c.rows).sum()
+    }
+
+    /// True when there are no rows.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// V of every row.
+    pub fn energies(&self) -> Vec<f32> {
+        self.chunks.iter().flat_map(|c| c.energy.clone()).collect()
+    }
+
+    /// ∇ₓV of every row (`len · dim` values, row-major).
+    pub fn grads(&self) -> Vec<f32> {
+        self.chunks.iter().flat_map(|c| c.grad.clone()).collect()
+    }
+}
+
+impl HostMlp {
+    /// (V, head'(o), head''(o)) of a raw output o: V = s·o, or c·tanh(s·o/c) with the clamp.
+    pub(super) fn head(&self, o: f32) -> [f32; 3] {
+        let s = self.scale;
+        match self.clamp {
+            None => [s * o, s, 0.0],
+            Some(c) => {
+                let th = (s * o / c).tanh();
+                let sech2 = 1.0 - th * th;
+                [c * th, s * sech2, -2.0 * s * s * th * sech2 / c]
+            }
+        }
+    }
+
+    /// Runs the forward and input-gradient passes over the `n` rows of `x`, on all threads.
+    pub fn record(&self, x: &[f32], n: usize) -> Recording {
+        let d = self.dim;
+        let chunks = x[..n * d]
+            .par_chunks(CHUNK_ROWS * d)
+            .map(|xc| self.record_chunk(xc, xc.len() / d))
+            .collect();
+        Recording { chunks }
+    }
+
+    fn record_chunk(&self, x: &[f32], n: usize) -> ChunkTape {
+        let layers = self.hidden.len();
+        let mut acts: Vec<Vec<f32>> = Vec::with_capacity(layers);
+        let (mut d1, mut d2) = (Vec::with_capacity(layers), Vec::with_capacity(layers));
+        for (l, layer) in self.hidden.iter().enumerate() {
+            let input: &[f32] = if l == 0 { x } else { &acts[l - 1] };
+            let mut a = vec![0.0; n * layer.fan_out];
+            let mut da = vec![0.0; n * layer.fan_out];
+            let mut dda = vec![0.0; n * layer.fan_out];
+            gemm_into(
+                &mut a,
+                (input, false),
+                (&layer.w, false),
+                n,
+                layer.fan_in,
+                layer.fan_out,
+                false,
+            );
+            activate::<true>(&mut a, &mut da, &mut dda, &layer.b, layer.act);
+            acts.push(a);
+            d1.push(da);
+            d2.push(dda);
+        }
+        let h_last: &[f32] = if layers == 0 { x } else { &acts[layers - 1] };
+        let width = self.out_w.len();
+        let (mut energy, mut dv, mut ddv) = (vec![0.0; n], vec![0.0; n], vec![0.0; n]);
+        for (i, row) in h_last.chunks(width).take(n).enumerate() {
+            let o = dot(row, &self.out_w) + self.out_b;
+            [energy[i], dv[i], ddv[i]] = self.head(o);
+        }
+        // γ_L = head'(o) ⊗ w, then δ_l, curvature terms and γ_l down to the input
+        let mut gamma: Vec<f32> = dv
+            .iter()
+            .flat_map(|&s| self.out_w.iter().map(move |w| s * w))
+            .collect();
+        let (mut delta, mut curv) = (vec![Vec::new(); layers], vec![Vec::new(); layers]);
+        for l in (0..layers).rev() {
+            let layer = &self.hidden[l];
+            curv[l] = gamma.iter().zip(&d2[l]).map(|(g, e)| g * e).collect();
+            delta[l] = gamma.iter().zip(&d1[l]).map(|(g, e)| g * e).collect();
+            gamma = vec![0.0; n * layer.fan_in];
+            gemm_into(
+                &mut gamma,
+                (&delta[l], false),
+                (&layer.w, true),
+                n,
+                layer.fan_out,
+                layer.fan_in,
+                false,
+            );
+        }
+        ChunkTape {
+            rows: n,
+            x: x.to_vec(),
+            acts,
+            d1,
+            delta,
+            curv,
+            dv,
+            ddv,
+            energy,
+            grad: gamma,
+        }
+    }
+
+    /// ∂L/∂θ for a loss L whose derivatives with respect to the recorded energies
+    /// (`d_energy`, one per row) and input gradients (`d_grad`, `len · dim`) are given; `None`
+    /// means L does not depend on them. Flattened in the [`super::Model`] canonical order
+    /// (weight `[in, out]`, bias per layer); a bias is `None` when L does not depend on it
+    /// (as autodiff reports it).
+    pub fn param_grads(
+        &self,
+        rec: &Recording,
+        d_energy: Option<&[f32]>,
+        d_grad: Option<&[f32]>,
+    ) -> Vec<Option<Vec<f32>>> {
+        let mut offsets = Vec::with_capacity(rec.chunks.len());
+        let mut at = 0;
+        for c in &rec.chunks {
+            offsets.push(at);
+            at += c.rows;
+        }
+        let d = self.dim;
+        let partials: Vec<Vec<Vec<f32>>> = rec
+            .chunks
+            .par_iter()
+            .zip(offsets)
+            .map(|(c, r0)| {
+                let rows = r0..r0 + c.rows;
+                let de = d_energy.map(|e| &e[rows.clone()]);
+                let dg = d_grad.map(|g| &g[rows.start * d..rows.end * d]);
+                self.chunk_param_grads(c, de, dg)
+            })
+            .collect();
+        let mut total = self.zero_grads();
+        for p in partials {
+            for (t, g) in total.iter_mut().zip(p) {
+                t.iter_mut().zip(g).for_each(|(a, b)| *a += b);
+            }
+        }
+        let reached = self.biases_reached(d_energy.is_some(), d_grad.is_some());
+        total
+            .into_iter()
+            .enumerate()
+            .map(|(k, g)| (k % 2 == 0 || reached[k / 2]).then_some(g))
+            .collect()
+    }
+
+    /// Which biases (hidden layers, then the output) the loss depends on: all of them through
+    /// V; through ∇ₓV only via a curved head (the clamp) or a curved activation (a'' ≠ 0, not
+    /// ReLU) at or above the layer.
+    fn biases_reached(&self, energy: bool, grad: bool) -> Vec<bool> {
+        let curved_head = grad && self.clamp.is_some();
+        let mut reached = vec![energy || curved_head];
+        let mut curved_above = curved_head;
+        for layer in self.hidden.iter().rev() {
+            curved_above |= grad && layer.act != super::Activation::Relu;
+            reached.push(energy || curved_above);
+        }
+        reached.reverse();
+        reached
+    }
+
+    fn zero_grads(&self) -> Vec<Vec<f32>> {
+        let mut out = Vec::new();
+        for layer in &self.hidden {
+            out.push(vec![0.0; layer.fan_in * layer.fan_out]);
+            out.push(vec![0.0; layer.fan_out]);
+        }
+        out.push(vec![0.0; self.out_w.len()]);
+        out.push(vec![0.0]);
+        out
+    }
+
+    fn chunk_param_grads(
+        &self,
+        c: &ChunkTape,
+        d_energy: Option<&[f32]>,
+        d_grad: Option<&[f32]>,
+    ) -> Vec<Vec<f32>> {
+        let n = c.rows;
+        let layers = self.hidden.len();
+        let width = self.out_w.len();
+        let mut grads = self.zero_grads();
+        // up the backward chain: Γ from Ḡ to ∂L/∂γ_L, collecting S_l
+        let mut second: Vec<Option<Vec<f32>>> = vec![None; layers];
+        let mut big_gamma = d_grad.map(<[f32]>::to_vec);
+        if let Some(gam) = big_gamma.as_mut() {
+            for (l, layer) in self.hidden.iter().enumerate() {
+                let (fi, fo) = (layer.fan_in, layer.fan_out);
+                gemm_into(
+                    &mut grads[2 * l],
+                    (gam, true),
+                    (&c.delta[l], false),
+                    fi,
+                    n,
+                    fo,
+                    true,
+                );
+                let mut up = vec![0.0; n * fo];
+                gemm_into(&mut up, (gam, false), (&layer.w, false), n, fi, fo, false);
+                if layer.act != super::Activation::Relu {
+                    second[l] = Some(up.iter().zip(&c.curv[l]).map(|(a, b)| a * b).collect());
+                }
+                up.iter_mut().zip(&c.d1[l]).for_each(|(a, b)| *a *= b);
+                *gam = up;
+            }
+        }
+        // the head
+        let h_last: &[f32] = if layers == 0 {
+            &c.x
+        } else {
+            &c.acts[layers - 1]
+        };
+        let mut d_out = vec![0.0f32; n];
+        for i in 0..n {
+            let mut v = d_energy.map_or(0.0, |e| e[i] * c.dv[i]);
+            if let Some(gam) = &big_gamma {
+                let gi = &gam[i * width..(i + 1) * width];
+                grads[2 * layers]
+                    .iter_mut()
+                    .zip(gi)
+                    .for_each(|(a, g)| *a += c.dv[i] * g);
+                v += dot(gi, &self.out_w) * c.ddv[i];
+            }
+            d_out[i] = v;
+        }
+        gemm_into(
+            &mut grads[2 * layers],
+            (&d_out, true),
+            (h_last, false),
+            1,
+            n,
+            width,
+            true,
+        );
+        grads[2 * layers + 1][0] = d_out.iter().sum();
+        // down the forward chain
+        let mut h_bar: Vec<f32> = d_out
+            .iter()
+            .flat_map(|&s| self.out_w.iter().map(move |w| s * w))
+            .collect();
+        for l in (0..layers).rev() {
+            let layer = &self.hidden[l];
+            let (fi, fo) = (layer.fan_in, layer.fan_out);
+            let mut z: Vec<f32> = h_bar.iter().zip(&c.d1[l]).map(|(a, b)| a * b).collect();
+            if let Some(s) = &second[l] {
+                z.iter_mut().zip(s).for_each(|(a, b)| *a += b);
+            }
+            let input: &[f32] = if l == 0 { &c.x } else { &c.acts[l - 1] };
+            gemm_into(
+                &mut grads[2 * l],
+                (input, true),
+                (&z, false),
+                fi,
+                n,
+                fo,
+                true,
+            );
+            for row in z.chunks(fo) {
+                grads[2 * l + 1]
+                    .iter_mut()
+                    .zip(row)
+                    .for_each(|(a, b)| *a += b);
+            }
+            if l > 0 {
+                h_bar = vec![0.0; n * fi];
+                gemm_into(&mut h_bar, (&z, false), (&layer.w, true), n, fo, fi, false);
+            }
+        }
+        grads
+    }
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
