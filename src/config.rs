@@ -18,10 +18,13 @@ use crate::{EmError, Result};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DataConfig {
-    /// Target distribution x₁: a built-in name or a `.csv`/`.npy` path.
+    /// Target distribution x₁: a built-in name, a `.csv`/`.npy` path, or an image dataset
+    /// (`mnist:DIR`, `fashion-mnist:DIR`, `cifar10:DIR`, `images:DIR`, `-test` variants).
     pub target: String,
     /// Source distribution x₀ (also the start of sampling and of noise-started negatives).
     pub source: String,
+    /// Mirror target images left–right at random (image datasets; CIFAR-10 uses it).
+    pub hflip: bool,
 }
 
 impl Default for DataConfig {
@@ -29,6 +32,7 @@ impl Default for DataConfig {
         Self {
             target: "two_moons".into(),
             source: "eight_gaussians".into(),
+            hflip: false,
         }
     }
 }

@@ -226,6 +226,53 @@ pub fn curves_png(
     root.present().map_err(|e| plot_err(path, e))
 }
 
+/// Writes images (rows of `shape.numel()` values in [−1, 1], channel-major) as a PNG grid with
+/// `cols` columns, each pixel drawn `scale × scale`, tiles separated by a 2-pixel grey border.
+pub fn image_grid_png(
+    path: &Path,
+    images: &Points,
+    shape: crate::data::ImageShape,
+    cols: usize,
+    scale: usize,
+) -> Result<()> {
+    use crate::data::images::unit_to_byte;
+    if images.dim() != shape.numel() {
+        return Err(EmError::shape(
+            "image grid",
+            format!("rows of {} values ({shape})", shape.numel()),
+            format!("rows of {}", images.dim()),
+        ));
+    }
+    if images.is_empty() || cols == 0 || scale == 0 {
+        return Err(EmError::invalid(
+            "image grid",
+            "at least one image, cols ≥ 1 and scale ≥ 1",
+            format!("{} images, cols {cols}, scale {scale}", images.len()),
+        ));
+    }
+    const PAD: usize = 2;
+    let cols = cols.min(images.len());
+    let rows = images.len().div_ceil(cols);
+    let (tw, th) = (shape.width * scale, shape.height * scale);
+    let (w, h) = (PAD + cols * (tw + PAD), PAD + rows * (th + PAD));
+    let mut img = image::RgbImage::from_pixel(w as u32, h as u32, image::Rgb([128, 128, 128]));
+    let plane = shape.height * shape.width;
+    for (k, row) in images.rows().enumerate() {
+        let (x0, y0) = (PAD + (k % cols) * (tw + PAD), PAD + (k / cols) * (th + PAD));
+        for y in 0..th {
+            for x in 0..tw {
+                let p = (y / scale) * shape.width + x / scale;
+                let rgb = match shape.channels {
+                    3 => [0, 1, 2].map(|c| unit_to_byte(row[c * plane + p])),
+                    _ => [unit_to_byte(row[p]); 3],
+                };
+                img.put_pixel((x0 + x) as u32, (y0 + y) as u32, image::Rgb(rgb));
+            }
+        }
+    }
+    img.save(path).map_err(|e| plot_err(path, e))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -268,5 +315,34 @@ mod tests {
             assert_eq!(&bytes[1..4], b"PNG");
         }
         assert!(curves_png(&d.path().join("e.png"), "x", "s", &[], false).is_err());
+    }
+
+    #[test]
+    fn image_grids_place_tiles_and_channels() {
+        use crate::data::{images::byte_to_unit, ImageShape};
+        let d = tempfile::tempdir().unwrap();
+        let shape = ImageShape {
+            channels: 3,
+            height: 1,
+            width: 2,
+        };
+        // image k: left pixel (10k, 20k, 30k), right pixel (255, 0, 128)
+        let rows: Vec<f32> = (0..3u8)
+            .flat_map(|k| [10 * k, 255, 20 * k, 0, 30 * k, 128].map(byte_to_unit))
+            .collect();
+        let imgs = Points::new(3, 6, rows).unwrap();
+        let p = d.path().join("g.png");
+        image_grid_png(&p, &imgs, shape, 2, 2).unwrap();
+        let g = image::open(&p).unwrap().to_rgb8();
+        // 2 columns of 4-pixel-wide tiles, 2 rows of 2-pixel-high tiles, 2-pixel borders
+        assert_eq!((g.width(), g.height()), (2 + 2 * 6, 2 + 2 * 4));
+        assert_eq!(g.get_pixel(0, 0).0, [128, 128, 128]);
+        // image 1 is the second tile of the first row: left pixel block at x = 8..10
+        assert_eq!(g.get_pixel(9, 3).0, [10, 20, 30]);
+        assert_eq!(g.get_pixel(10, 2).0, [255, 0, 128]);
+        // image 2 starts the second row
+        assert_eq!(g.get_pixel(2, 6).0, [20, 40, 60]);
+        let wrong = Points::new(1, 5, vec![0.0; 5]).unwrap();
+        assert!(image_grid_png(&p, &wrong, shape, 2, 1).is_err());
     }
 }

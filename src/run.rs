@@ -121,7 +121,8 @@ impl RunDir {
 
 /// Builds the data sources of a config.
 pub fn data_sources(cfg: &RunConfig) -> Result<(DataSource, DataSource)> {
-    let target = DataSource::from_spec(&cfg.data.target, cfg.model.dim, "data.target")?;
+    let target = DataSource::from_spec(&cfg.data.target, cfg.model.dim, "data.target")?
+        .with_hflip(cfg.data.hflip);
     let source = DataSource::from_spec(&cfg.data.source, cfg.model.dim, "data.source")?;
     Ok((target, source))
 }

@@ -340,3 +340,27 @@ fn help_teaches_the_commands() {
     }
     assert!(ok(&["train", "--help"]).contains("--resume"));
 }
+
+#[test]
+fn data_inspects_an_image_dataset_and_writes_a_grid() {
+    let dir = tempfile::tempdir().unwrap();
+    // five 4×4 grey images, labels 0..5, in the MNIST file layout
+    let mut images = vec![0, 0, 8, 3, 0, 0, 0, 5, 0, 0, 0, 4, 0, 0, 0, 4];
+    images.extend((0..80u32).map(|k| (k * 3 % 256) as u8));
+    let mut labels = vec![0, 0, 8, 1, 0, 0, 0, 5];
+    labels.extend(0..5u8);
+    std::fs::write(dir.path().join("train-images-idx3-ubyte"), images).unwrap();
+    std::fs::write(dir.path().join("train-labels-idx1-ubyte"), labels).unwrap();
+    let grid = dir.path().join("grid.png");
+    let spec = format!("mnist:{}", s(dir.path()));
+    let out = ok(&["data", &spec, "--grid", s(&grid)]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["images"], 5);
+    assert_eq!(v["shape"]["height"], 4);
+    assert_eq!(v["label_counts"]["3"], 1);
+    assert_eq!(&std::fs::read(&grid).unwrap()[1..4], b"PNG");
+    let err = fails(&["data", "nonsense"]);
+    assert!(err.contains("not an image dataset spec"), "{err}");
+    let err = fails(&["data", &format!("cifar10:{}", s(dir.path()))]);
+    assert!(err.contains("data_batch_1.bin"), "{err}");
+}

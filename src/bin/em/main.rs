@@ -48,6 +48,22 @@ enum Command {
     Demo(DemoArgs),
     /// Time the hot paths (training steps, sampler, assignment) and print a Markdown table.
     Bench(bench::BenchArgs),
+    /// Inspect an image dataset (count, shape, labels, pixel range) and write a grid of its
+    /// first images. Get MNIST / Fashion-MNIST with `scripts/fetch-data.sh`.
+    Data(DataArgs),
+}
+
+#[derive(Args)]
+struct DataArgs {
+    /// Dataset spec: mnist:DIR, mnist-test:DIR, fashion-mnist:DIR, cifar10:DIR,
+    /// cifar10-test:DIR, images:DIR, or one IDX image file / CIFAR-10 .bin batch.
+    spec: String,
+    /// Write the first `--n` images as a PNG grid here.
+    #[arg(long)]
+    grid: Option<PathBuf>,
+    /// Images in the grid.
+    #[arg(long, default_value_t = 64)]
+    n: usize,
 }
 
 #[derive(Args)]
@@ -190,7 +206,47 @@ fn dispatch(cli: Cli) -> Result<()> {
         Command::Plot(a) => plot(a),
         Command::Demo(a) => demo(a, quiet),
         Command::Bench(a) => bench::run(a),
+        Command::Data(a) => data(a),
     }
+}
+
+fn data(a: DataArgs) -> Result<()> {
+    let set = energy_matching::data::images::from_spec(&a.spec).with_context(|| {
+        format!(
+            "`{}` is not an image dataset spec (see `em data --help`)",
+            a.spec
+        )
+    })??;
+    let values = set.images.as_slice();
+    let (lo, hi) = values
+        .iter()
+        .fold((f32::INFINITY, f32::NEG_INFINITY), |(l, h), &v| {
+            (l.min(v), h.max(v))
+        });
+    let mut summary = serde_json::json!({
+        "spec": a.spec,
+        "images": set.images.len(),
+        "shape": set.shape,
+        "value_range": [lo, hi],
+        "mean": values.iter().map(|&v| v as f64).sum::<f64>() / values.len().max(1) as f64,
+    });
+    if let Some(labels) = &set.labels {
+        let mut counts = std::collections::BTreeMap::new();
+        for l in labels {
+            *counts.entry(*l).or_insert(0usize) += 1;
+        }
+        summary["label_counts"] = serde_json::json!(counts);
+    }
+    println!("{}", serde_json::to_string_pretty(&summary)?);
+    if let Some(path) = a.grid {
+        let n = a.n.clamp(1, set.images.len());
+        let first = set.images.slice_rows(0, n);
+        let cols = (n as f64).sqrt().ceil() as usize;
+        let scale = if set.shape.width <= 32 { 2 } else { 1 };
+        energy_matching::plot::image_grid_png(&path, &first, set.shape, cols, scale)?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
 }
 
 fn with_seed(mut set: Vec<String>, seed: Option<u64>) -> Vec<String> {
