@@ -8,12 +8,14 @@
 //! parameter gradient of a loss built on it (see the tests of each implementation).
 
 mod activation;
+mod conv;
 mod host_backprop;
 mod host_mlp;
 mod mlp;
 mod quadratic;
 
 pub use activation::Activation;
+pub use conv::{ConvConfig, ConvNet, Head};
 pub use host_backprop::Recording;
 pub use host_mlp::HostMlp;
 pub use mlp::{Mlp, MlpConfig};

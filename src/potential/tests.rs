@@ -32,29 +32,32 @@ fn rel_err(a: f64, b: f64) -> f64 {
     (a - b).abs() / a.abs().max(b.abs()).max(1e-3)
 }
 
+/// Every entry of ∇ₓV at `x` against central finite differences of V.
+fn check_input_gradient(m: &dyn Potential, x: &[f64], b: usize, label: &str) {
+    let d = m.dim();
+    let (_, g) = m.energy_and_grad(matrix(x.to_vec(), b, d, &cpu(), P));
+    let g = to_f64_vec(g);
+    let h = 1e-6;
+    for k in 0..b * d {
+        let (mut xp, mut xm) = (x.to_vec(), x.to_vec());
+        xp[k] += h;
+        xm[k] -= h;
+        let fd = (energies(m, &xp, b, d)[k / d] - energies(m, &xm, b, d)[k / d]) / (2.0 * h);
+        assert!(
+            rel_err(g[k], fd) < 1e-6,
+            "{label} k={k}: {} vs {fd}",
+            g[k]
+        );
+    }
+}
+
 #[test]
 fn input_gradient_matches_finite_differences_for_every_activation() {
     let (b, d) = (4, 3);
     for act in Activation::ALL {
         for clamp in [None, Some(0.8)] {
             let m = small_mlp(act, clamp);
-            // keep ReLU inputs away from kinks: FD across a kink is meaningless
-            let x = randn(b * d, 1);
-            let (_, g) = m.energy_and_grad(matrix(x.clone(), b, d, &cpu(), P));
-            let g = to_f64_vec(g);
-            let h = 1e-6;
-            for k in 0..b * d {
-                let (mut xp, mut xm) = (x.clone(), x.clone());
-                xp[k] += h;
-                xm[k] -= h;
-                let fd =
-                    (energies(&m, &xp, b, d)[k / d] - energies(&m, &xm, b, d)[k / d]) / (2.0 * h);
-                assert!(
-                    rel_err(g[k], fd) < 1e-6,
-                    "{act:?} clamp {clamp:?} k={k}: {} vs {fd}",
-                    g[k]
-                );
-            }
+            check_input_gradient(&m, &randn(b * d, 1), b, &format!("{act:?} clamp {clamp:?}"));
         }
     }
 }
@@ -76,7 +79,7 @@ fn explicit_gradient_equals_autodiff_input_gradient() {
 
 /// L(θ) = Σ (∇ₓV · c) + ½ Σ (∇ₓV)²: a loss on the input gradient, like the flow loss.
 fn grad_loss(
-    m: &Mlp,
+    m: &dyn Potential,
     x: &[f64],
     c: &[f64],
     b: usize,
@@ -88,40 +91,45 @@ fn grad_loss(
     (g.clone() * c).sum() + g.powi_scalar(2).sum() * 0.5
 }
 
+/// d(loss on ∇ₓV)/dθ by autodiff against central finite differences, for the first, middle
+/// and last entry of every parameter tensor (every layer kind: weights and biases).
+fn check_parameter_gradient<M: Model>(m: &M, x: &[f64], c: &[f64], b: usize, label: &str) {
+    let d = m.dim();
+    let tracked = m.tracked();
+    let grads = grad_loss(&tracked, x, c, b, d, &cpu_autodiff()).backward();
+    let analytic = tracked.flat_grads(&grads);
+    let params = m.flat_params();
+    let h = 1e-6;
+    for (pi, p) in params.iter().enumerate() {
+        let values = to_f64_vec(p.clone());
+        let ana = analytic[pi].clone().map(to_f64_vec);
+        for &k in &[0, values.len() / 2, values.len() - 1] {
+            let eval = |delta: f64| {
+                let mut v = values.clone();
+                v[k] += delta;
+                let mut ps = params.clone();
+                ps[pi] = vector(v, &cpu(), P);
+                let mut mm = m.clone();
+                mm.set_flat_params(ps).unwrap();
+                crate::backend::scalar(grad_loss(&mm, x, c, b, d, &cpu()))
+            };
+            let fd = (eval(h) - eval(-h)) / (2.0 * h);
+            let a = ana.as_ref().map(|g| g[k]).unwrap_or(0.0);
+            assert!(
+                (a - fd).abs() < 1e-6 * fd.abs().max(1.0),
+                "{label} param {pi}[{k}]: {a} vs {fd}"
+            );
+        }
+    }
+}
+
 #[test]
 fn parameter_gradient_of_a_loss_on_grad_v_matches_finite_differences() {
     let (b, d) = (6, 3);
     let x = randn(b * d, 3);
     let c = randn(b * d, 4);
     for act in Activation::ALL {
-        let m = small_mlp(act, Some(1.5));
-        let tracked = m.tracked();
-        let grads = grad_loss(&tracked, &x, &c, b, d, &cpu_autodiff()).backward();
-        let analytic = tracked.flat_grads(&grads);
-        let params = m.flat_params();
-        let h = 1e-6;
-        // several entries of every parameter tensor (every layer kind: weights and biases)
-        for (pi, p) in params.iter().enumerate() {
-            let values = to_f64_vec(p.clone());
-            let ana = analytic[pi].clone().map(to_f64_vec);
-            for &k in &[0, values.len() / 2, values.len() - 1] {
-                let eval = |delta: f64| {
-                    let mut v = values.clone();
-                    v[k] += delta;
-                    let mut ps = params.clone();
-                    ps[pi] = vector(v, &cpu(), P);
-                    let mut mm = m.clone();
-                    mm.set_flat_params(ps).unwrap();
-                    crate::backend::scalar(grad_loss(&mm, &x, &c, b, d, &cpu()))
-                };
-                let fd = (eval(h) - eval(-h)) / (2.0 * h);
-                let a = ana.as_ref().map(|g| g[k]).unwrap_or(0.0);
-                assert!(
-                    (a - fd).abs() < 1e-6 * fd.abs().max(1.0),
-                    "{act:?} param {pi}[{k}]: {a} vs {fd}"
-                );
-            }
-        }
+        check_parameter_gradient(&small_mlp(act, Some(1.5)), &x, &c, b, &format!("{act:?}"));
     }
 }
 
@@ -336,4 +344,103 @@ fn recorded_energies_and_gradients_match_the_tensor_mlp() {
             assert!((w - v as f64).abs() < 1e-5 * w.abs().max(1.0), "{w} vs {v}");
         }
     }
+}
+
+/// A small conv net on 2×5×6 images (odd and even sizes, stride 1 and 2 layers).
+fn small_conv(act: Activation, clamp: Option<f64>) -> ConvNet {
+    let cfg = ConvConfig {
+        image: crate::data::ImageShape {
+            channels: 2,
+            height: 5,
+            width: 6,
+        },
+        channels: vec![3, 4, 2],
+        strides: vec![1, 2, 2],
+        kernel: 3,
+    };
+    let head = Head {
+        activation: act,
+        output_scale: 1.3,
+        energy_clamp: clamp,
+    };
+    cfg.init(head, 6, &cpu(), P).unwrap()
+}
+
+#[test]
+fn conv_input_gradient_matches_finite_differences() {
+    let b = 2;
+    for act in Activation::ALL {
+        for clamp in [None, Some(0.7)] {
+            let m = small_conv(act, clamp);
+            let x = randn(b * m.dim(), 31);
+            check_input_gradient(&m, &x, b, &format!("conv {act:?} clamp {clamp:?}"));
+        }
+    }
+}
+
+#[test]
+fn conv_explicit_gradient_equals_autodiff_input_gradient() {
+    let b = 3;
+    for act in Activation::ALL {
+        let m = small_conv(act, Some(2.0));
+        let d = m.dim();
+        let x = matrix(randn(b * d, 32), b, d, &cpu_autodiff(), P).require_grad();
+        let grads = m.energy(x.clone()).sum().backward();
+        let auto = to_f64_vec(x.grad(&grads).unwrap());
+        let explicit = to_f64_vec(m.grad(x.without_autodiff()));
+        for (a, e) in auto.iter().zip(&explicit) {
+            assert!((a - e).abs() < 1e-12, "{act:?}: {a} vs {e}");
+        }
+    }
+}
+
+#[test]
+fn conv_parameter_gradient_of_a_loss_on_grad_v_matches_finite_differences() {
+    let b = 2;
+    for act in Activation::ALL {
+        let m = small_conv(act, Some(1.5));
+        let x = randn(b * m.dim(), 33);
+        let c = randn(b * m.dim(), 34);
+        check_parameter_gradient(&m, &x, &c, b, &format!("conv {act:?}"));
+    }
+}
+
+#[test]
+fn conv_hvp_matches_finite_differences_of_the_gradient() {
+    let m = small_conv(Activation::Silu, None);
+    let (b, d) = (2, m.dim());
+    let (x, v) = (randn(b * d, 35), randn(b * d, 36));
+    let hv = to_f64_vec(hvp(
+        &m,
+        matrix(x.clone(), b, d, &cpu(), P),
+        matrix(v.clone(), b, d, &cpu(), P),
+    ));
+    let h = 1e-6;
+    let shifted = |sign: f64| {
+        let xs: Vec<f64> = x.iter().zip(&v).map(|(a, b)| a + sign * h * b).collect();
+        to_f64_vec(m.grad(matrix(xs, b, d, &cpu(), P)))
+    };
+    let (gp, gm) = (shifted(1.0), shifted(-1.0));
+    for k in 0..b * d {
+        let fd = (gp[k] - gm[k]) / (2.0 * h);
+        assert!(rel_err(hv[k], fd) < 1e-5, "k={k}: {} vs {fd}", hv[k]);
+    }
+}
+
+#[test]
+fn conv_shapes_and_parameter_count_follow_the_config() {
+    let m = small_conv(Activation::Silu, None);
+    // 3·2·9 + 3, 4·3·9 + 4, 2·4·9 + 2, head 2 + 1
+    assert_eq!(m.num_params(), 57 + 112 + 74 + 3);
+    assert_eq!(m.dim(), 60);
+    let mut bad = m.flat_params();
+    bad[0] = vector(vec![0.0; 5], &cpu(), P);
+    let err = m.clone().set_flat_params(bad).unwrap_err().to_string();
+    assert!(err.contains("convs.0.weight"), "{err}");
+    let cfg = ConvConfig {
+        strides: vec![1],
+        ..ConvConfig::default()
+    };
+    let err = cfg.validate("model.conv").unwrap_err().to_string();
+    assert!(err.contains("model.conv.strides"), "{err}");
 }

@@ -1,0 +1,375 @@
+//! Convolutional potential for images: V(x) = s · head(w · mean_{h,w}(h_L) + b), with
+//! h_{l+1} = a(conv2d(h_l, W_l, b_l; stride s_l, padding k/2)), h_0 = x as `[B, C, H, W]`.
+//!
+//! Input-gradient rule (the hand-written backward pass, as tensor ops so that autodiff over it
+//! gives the exact parameter gradient of losses on ∇ₓV):
+//! - mean pool: g_{h_L} = (head'(o) w) / (H_L W_L), broadcast over the spatial positions;
+//! - convolution: the input gradient of y = conv2d(x, W) is the transposed convolution
+//!   `conv_transpose2d(g_y, W)` with the same stride and padding, and the output padding that
+//!   restores the input size ((H_in + 2p − k) mod s);
+//! - activation: δ_l = g_{h_{l+1}} ⊙ a'(z_l).
+
+use burn::tensor::module::{conv2d, conv_transpose2d};
+use burn::tensor::ops::{ConvOptions, ConvTransposeOptions};
+use burn::tensor::{Device, Gradients, Tensor};
+use serde::{Deserialize, Serialize};
+
+use super::{Activation, Model, Potential};
+use crate::backend::{vector, Precision};
+use crate::data::ImageShape;
+use crate::rng::{stream, uniform, Purpose};
+use crate::{EmError, Result};
+
+/// Architecture of a [`ConvNet`] (the `[model.conv]` table of a run config).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConvConfig {
+    /// Shape of the input images.
+    pub image: ImageShape,
+    /// Output channels of each convolution.
+    pub channels: Vec<usize>,
+    /// Stride of each convolution (same length as `channels`).
+    pub strides: Vec<usize>,
+    /// Square kernel size (odd; padding k/2 keeps the size at stride 1).
+    pub kernel: usize,
+}
+
+impl Default for ConvConfig {
+    /// The small CPU-friendly MNIST potential: 1→32 →(/2) 64 →(/2) 64, 3×3 kernels.
+    fn default() -> Self {
+        Self {
+            image: ImageShape {
+                channels: 1,
+                height: 28,
+                width: 28,
+            },
+            channels: vec![32, 64, 64],
+            strides: vec![1, 2, 2],
+            kernel: 3,
+        }
+    }
+}
+
+/// One convolution's geometry.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct ConvGeom {
+    c_in: usize,
+    c_out: usize,
+    stride: usize,
+    /// Output spatial size.
+    h_out: usize,
+    w_out: usize,
+    /// Output padding of the transposed convolution (per axis).
+    out_pad: [usize; 2],
+}
+
+impl ConvConfig {
+    /// Checks sizes, naming the offending key (under `prefix`, e.g. `model.conv`).
+    pub fn validate(&self, prefix: &str) -> Result<()> {
+        let bad = |key: &str, reason: String| {
+            Err(EmError::Config {
+                key: format!("{prefix}.{key}"),
+                reason,
+            })
+        };
+        let s = self.image;
+        if s.channels == 0 || s.height == 0 || s.width == 0 {
+            return bad("image", format!("expected a non-empty image shape, found {s}"));
+        }
+        if self.channels.is_empty() || self.channels.contains(&0) {
+            return bad(
+                "channels",
+                format!(
+                    "expected at least one layer, each with ≥ 1 channel, found {:?}",
+                    self.channels
+                ),
+            );
+        }
+        if self.strides.len() != self.channels.len() || self.strides.contains(&0) {
+            return bad(
+                "strides",
+                format!(
+                    "expected {} strides ≥ 1 (one per entry of channels), found {:?}",
+                    self.channels.len(),
+                    self.strides
+                ),
+            );
+        }
+        if self.kernel.is_multiple_of(2) {
+            return bad(
+                "kernel",
+                format!("expected an odd kernel size, found {}", self.kernel),
+            );
+        }
+        Ok(())
+    }
+
+    fn geometry(&self) -> Vec<ConvGeom> {
+        let (k, p) = (self.kernel, self.kernel / 2);
+        let (mut c, mut h, mut w) = (self.image.channels, self.image.height, self.image.width);
+        let mut out = Vec::new();
+        for (&c_out, &s) in self.channels.iter().zip(&self.strides) {
+            let ho = (h + 2 * p - k) / s + 1;
+            let wo = (w + 2 * p - k) / s + 1;
+            out.push(ConvGeom {
+                c_in: c,
+                c_out,
+                stride: s,
+                h_out: ho,
+                w_out: wo,
+                out_pad: [h + 2 * p - k - (ho - 1) * s, w + 2 * p - k - (wo - 1) * s],
+            });
+            (c, h, w) = (c_out, ho, wo);
+        }
+        out
+    }
+
+    /// Parameter shapes in canonical order: per convolution `[out, in, k, k]` and `[out]`,
+    /// then the head `[C_L, 1]` and `[1]`.
+    pub fn param_shapes(&self) -> Vec<Vec<usize>> {
+        let k = self.kernel;
+        let mut v: Vec<Vec<usize>> = self
+            .geometry()
+            .iter()
+            .flat_map(|g| [vec![g.c_out, g.c_in, k, k], vec![g.c_out]])
+            .collect();
+        v.push(vec![*self.channels.last().expect("validated"), 1]);
+        v.push(vec![1]);
+        v
+    }
+
+    /// Builds the network with PyTorch's default initialisation (U(±1/√fan_in) for weights
+    /// and biases, fan_in = C_in·k² for convolutions), drawn from `(seed, Init)`.
+    pub fn init(
+        &self,
+        head: Head,
+        seed: u64,
+        device: &Device,
+        precision: Precision,
+    ) -> Result<ConvNet> {
+        self.validate("model.conv")?;
+        let mut rng = stream(seed, Purpose::Init, 0);
+        let shapes = self.param_shapes();
+        let mut params = Vec::new();
+        for pair in shapes.chunks(2) {
+            let fan_in = match pair[0].as_slice() {
+                [_, c_in, kh, kw] => c_in * kh * kw,
+                [c, _] => *c,
+                other => unreachable!("weight shape {other:?}"),
+            };
+            let bound = 1.0 / (fan_in as f64).sqrt();
+            for shape in pair {
+                let n: usize = shape.iter().product();
+                let values = (0..n)
+                    .map(|_| (2.0 * uniform(&mut rng) - 1.0) * bound)
+                    .collect();
+                params.push(vector(values, device, precision));
+            }
+        }
+        Ok(ConvNet {
+            config: self.clone(),
+            head,
+            geometry: self.geometry(),
+            params,
+        })
+    }
+}
+
+/// Activation, output scale and soft clamp: the parts of a potential outside its layers.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Head {
+    /// Activation after every layer.
+    pub activation: Activation,
+    /// Fixed factor s multiplying the network output.
+    pub output_scale: f64,
+    /// Soft clamp c: V = c·tanh(s·out / c).
+    pub energy_clamp: Option<f64>,
+}
+
+impl Head {
+    /// (V, dV/d out) of raw outputs `out: [B, 1]`.
+    fn apply(&self, out: Tensor<2>) -> (Tensor<2>, Tensor<2>) {
+        let s = self.output_scale;
+        match self.energy_clamp {
+            None => (out.clone() * s, out.ones_like() * s),
+            Some(c) => {
+                let th = (out * (s / c)).tanh();
+                let d = (th.clone().powi_scalar(2).neg() + 1.0) * s;
+                (th * c, d)
+            }
+        }
+    }
+}
+
+/// A convolutional potential over images given as rows of `C·H·W` values.
+#[derive(Debug, Clone)]
+pub struct ConvNet {
+    config: ConvConfig,
+    head: Head,
+    geometry: Vec<ConvGeom>,
+    /// Flattened parameters in canonical order (see [`ConvConfig::param_shapes`]).
+    params: Vec<Tensor<1>>,
+}
+
+impl ConvNet {
+    /// The architecture.
+    pub fn config(&self) -> &ConvConfig {
+        &self.config
+    }
+
+    fn kernel(&self, l: usize) -> Tensor<4> {
+        let g = self.geometry[l];
+        let k = self.config.kernel;
+        self.params[2 * l].clone().reshape([g.c_out, g.c_in, k, k])
+    }
+
+    fn conv_options(&self, l: usize) -> ConvOptions<2> {
+        let (s, p) = (self.geometry[l].stride, self.config.kernel / 2);
+        ConvOptions::new([s, s], [p, p], [1, 1], 1)
+    }
+
+    fn images(&self, x: Tensor<2>) -> Tensor<4> {
+        let s = self.config.image;
+        let b = x.dims()[0];
+        x.reshape([b, s.channels, s.height, s.width])
+    }
+
+    /// Pre-activations and activations of every layer, then the raw head output `[B, 1]`.
+    fn forward(&self, x: Tensor<2>, derivatives: bool) -> (Vec<Tensor<4>>, Tensor<2>) {
+        let mut h = self.images(x);
+        let mut derivs = Vec::new();
+        for l in 0..self.geometry.len() {
+            let z = conv2d(
+                h,
+                self.kernel(l),
+                Some(self.params[2 * l + 1].clone()),
+                self.conv_options(l),
+            );
+            if derivatives {
+                let (a, d) = self.head.activation.apply_with_derivative(z);
+                derivs.push(d);
+                h = a;
+            } else {
+                h = self.head.activation.apply(z);
+            }
+        }
+        let [b, c, _, _] = h.dims();
+        let pooled = h.mean_dim(3).mean_dim(2).reshape([b, c]);
+        let n = self.params.len();
+        let w = self.params[n - 2].clone().reshape([c, 1]);
+        let out = pooled.matmul(w) + self.params[n - 1].clone().reshape([1, 1]);
+        (derivs, out)
+    }
+}
+
+impl Potential for ConvNet {
+    fn dim(&self) -> usize {
+        self.config.image.numel()
+    }
+
+    fn energy(&self, x: Tensor<2>) -> Tensor<1> {
+        let (_, out) = self.forward(x, false);
+        let (v, _) = self.head.apply(out);
+        let b = v.dims()[0];
+        v.reshape([b])
+    }
+
+    fn energy_and_grad(&self, x: Tensor<2>) -> (Tensor<1>, Tensor<2>) {
+        let b = x.dims()[0];
+        let (mut derivs, out) = self.forward(x, true);
+        let (v, dv) = self.head.apply(out);
+        let last = *self.geometry.last().expect("at least one layer");
+        let (h_l, w_l) = (last.h_out, last.w_out);
+        let n = self.params.len();
+        let w = self.params[n - 2].clone().reshape([1, last.c_out]);
+        // g_pooled = dv · wᵀ, spread evenly over the H_L·W_L positions of the mean pool
+        let g_pooled = dv.matmul(w) * (1.0 / (h_l * w_l) as f64);
+        let mut g: Tensor<4> = g_pooled
+            .reshape([b, last.c_out, 1, 1])
+            .expand([b, last.c_out, h_l, w_l]);
+        for l in (0..self.geometry.len()).rev() {
+            let geo = self.geometry[l];
+            let delta = g * derivs.pop().expect("one derivative per layer");
+            let p = self.config.kernel / 2;
+            g = conv_transpose2d(
+                delta,
+                self.kernel(l),
+                None,
+                ConvTransposeOptions::new(
+                    [geo.stride, geo.stride],
+                    [p, p],
+                    geo.out_pad,
+                    [1, 1],
+                    1,
+                ),
+            );
+        }
+        (v.reshape([b]), g.reshape([b, self.dim()]))
+    }
+}
+
+impl Model for ConvNet {
+    fn param_names(&self) -> Vec<String> {
+        let mut v: Vec<String> = (0..self.geometry.len())
+            .flat_map(|l| [format!("convs.{l}.weight"), format!("convs.{l}.bias")])
+            .collect();
+        v.push("head.weight".into());
+        v.push("head.bias".into());
+        v
+    }
+
+    fn param_shapes(&self) -> Vec<Vec<usize>> {
+        self.config.param_shapes()
+    }
+
+    fn flat_params(&self) -> Vec<Tensor<1>> {
+        self.params.clone()
+    }
+
+    fn set_flat_params(&mut self, params: Vec<Tensor<1>>) -> Result<()> {
+        let shapes = self.param_shapes();
+        if params.len() != shapes.len() {
+            return Err(EmError::shape(
+                "ConvNet parameters",
+                format!("{} tensors", shapes.len()),
+                format!("{} tensors", params.len()),
+            ));
+        }
+        for ((p, s), name) in params.iter().zip(&shapes).zip(self.param_names()) {
+            let numel: usize = s.iter().product();
+            if p.dims()[0] != numel {
+                return Err(EmError::shape(
+                    format!("parameter {name}"),
+                    format!("{numel} values ({s:?})"),
+                    format!("{} values", p.dims()[0]),
+                ));
+            }
+        }
+        self.params = params;
+        Ok(())
+    }
+
+    fn tracked(&self) -> Self {
+        let mut m = self.clone();
+        m.params = self
+            .params
+            .iter()
+            .map(|p| p.clone().without_autodiff().autodiff().require_grad())
+            .collect();
+        m
+    }
+
+    fn untracked(&self) -> Self {
+        let mut m = self.clone();
+        m.params = self
+            .params
+            .iter()
+            .map(|p| p.clone().without_autodiff())
+            .collect();
+        m
+    }
+
+    fn flat_grads(&self, grads: &Gradients) -> Vec<Option<Tensor<1>>> {
+        self.params.iter().map(|p| p.grad(grads)).collect()
+    }
+}
