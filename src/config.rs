@@ -8,7 +8,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::backend::Precision;
-use crate::potential::MlpConfig;
+use crate::potential::ModelConfig;
 use crate::sampler::SamplerConfig;
 use crate::schedule::Schedule;
 use crate::train::{NegativesConfig, OptimConfig, TrainConfig};
@@ -93,7 +93,7 @@ pub struct RunConfig {
     /// Float precision (`f32`; `f64` for checks).
     pub precision: Precision,
     /// The potential network.
-    pub model: MlpConfig,
+    pub model: ModelConfig,
     /// Data and source distributions.
     pub data: DataConfig,
     /// τ* and ε_max.
@@ -117,7 +117,7 @@ impl Default for RunConfig {
         Self {
             seed: 0,
             precision: Precision::F32,
-            model: MlpConfig::default(),
+            model: ModelConfig::default(),
             data: DataConfig::default(),
             schedule: Schedule {
                 tau_star: 0.8,

@@ -16,7 +16,7 @@ use crate::config::RunConfig;
 use crate::data::{write_points, DataSource};
 use crate::metrics::{self, SampleMetrics};
 use crate::plot::{self, Field, Overlay, Series};
-use crate::potential::{Mlp, Model, Potential};
+use crate::potential::{Model, Network, Potential};
 use crate::rng::{stream, Purpose};
 use crate::sampler::{self, Drift, GradField, SampleRequest, SamplerConfig, TrajectoryRecorder};
 use crate::schedule::Schedule;
@@ -121,9 +121,9 @@ impl RunDir {
 
 /// Builds the data sources of a config.
 pub fn data_sources(cfg: &RunConfig) -> Result<(DataSource, DataSource)> {
-    let target = DataSource::from_spec(&cfg.data.target, cfg.model.dim, "data.target")?
+    let target = DataSource::from_spec(&cfg.data.target, cfg.model.input_dim(), "data.target")?
         .with_hflip(cfg.data.hflip);
-    let source = DataSource::from_spec(&cfg.data.source, cfg.model.dim, "data.source")?;
+    let source = DataSource::from_spec(&cfg.data.source, cfg.model.input_dim(), "data.source")?;
     Ok((target, source))
 }
 
@@ -143,7 +143,7 @@ fn meta_for<M: Model>(cfg: &RunConfig, state: &TrainerState<M>, phase: Phase) ->
 }
 
 /// A trainer for `cfg` around an existing state (fresh: [`Trainer::fresh_state`]).
-pub fn trainer_for(cfg: &RunConfig, state: TrainerState<Mlp>) -> Result<Trainer<Mlp>> {
+pub fn trainer_for(cfg: &RunConfig, state: TrainerState<Network>) -> Result<Trainer<Network>> {
     let (target, source) = data_sources(cfg)?;
     Ok(Trainer {
         state,
@@ -171,7 +171,7 @@ pub fn config_from_checkpoint(path: &Path, overrides: &[String]) -> Result<RunCo
 
 /// Loads a model (EMA weights when `ema` and present) from a checkpoint; returns it with the
 /// checkpoint's config and whether EMA weights were used.
-pub fn load_model(path: &Path, ema: bool) -> Result<(Mlp, RunConfig, bool)> {
+pub fn load_model(path: &Path, ema: bool) -> Result<(Network, RunConfig, bool)> {
     let cfg = config_from_checkpoint(path, &[])?;
     let template = cfg.model.init(cfg.seed, &cpu(), cfg.precision)?;
     let (state, _) = checkpoint::load(path, &template)?;
@@ -200,7 +200,7 @@ pub fn train(
     dir: &Path,
     resume: Option<&Path>,
     events: &mut Events,
-) -> Result<Trainer<Mlp>> {
+) -> Result<Trainer<Network>> {
     let rd = RunDir(dir.to_path_buf());
     std::fs::create_dir_all(rd.checkpoints()).map_err(|e| EmError::io(rd.checkpoints(), e))?;
     checkpoint::write_atomic(&rd.config(), cfg.to_toml().as_bytes())?;
@@ -305,7 +305,7 @@ pub struct SamplingSetup<'a> {
 
 /// Draws `n` samples from `model`.
 pub fn draw_samples(
-    model: &Mlp,
+    model: &Network,
     setup: &SamplingSetup,
     n: usize,
     seed: u64,
@@ -323,12 +323,12 @@ pub fn draw_samples(
         seed,
         first_index: 0,
     };
-    let field = model.host()?;
+    let field = model.host_field()?;
     let total = (sampler_cfg.steps() as u64).saturating_mul(n.div_ceil(sampler_cfg.chunk) as u64);
     let done = AtomicU64::new(0);
     let events = Mutex::new(events);
     let dim = model.dim();
-    sampler::sample(&Drift::new(&field), &req, &|c, k, t, x| {
+    sampler::sample(&Drift::new(field.as_ref()), &req, &|c, k, t, x| {
         let d = done.fetch_add(1, Ordering::Relaxed) + 1;
         if d.is_multiple_of(10) || d == total {
             if let Ok(mut ev) = events.try_lock() {
@@ -348,7 +348,7 @@ pub fn eval_target(target: &DataSource, seed: u64, n: usize) -> Points {
 
 /// Samples with the final weights, evaluates, and draws the plots of a finished run.
 pub fn evaluate_run(
-    trainer: &Trainer<Mlp>,
+    trainer: &Trainer<Network>,
     cfg: &RunConfig,
     dir: &Path,
     events: &mut Events,
@@ -384,7 +384,7 @@ pub fn evaluate_run(
         cfg.eval.max_pairwise,
         cfg.seed,
     )?;
-    let grid_nll = if cfg.model.dim == 2 && cfg.schedule.epsilon_max > 0.0 {
+    let grid_nll = if cfg.model.input_dim() == 2 && cfg.schedule.epsilon_max > 0.0 {
         Some(metrics::grid_nll_2d(
             model.host_field()?.as_ref(),
             cfg.schedule.epsilon_max,
@@ -431,7 +431,7 @@ pub fn plot_run(
     target: &Points,
     frames: &[(f64, Points)],
 ) -> Result<()> {
-    if cfg.model.dim == 2 {
+    if cfg.model.input_dim() == 2 {
         let src = source.sample(2000, &mut stream(cfg.seed, Purpose::Data, 2));
         let (lo, hi) = metrics::bounds_2d(&target.concat(&src)?, 1.0);
         let grid = 160;

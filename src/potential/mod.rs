@@ -12,6 +12,7 @@ mod conv;
 mod host_backprop;
 mod host_mlp;
 mod mlp;
+mod network;
 mod quadratic;
 
 pub use activation::Activation;
@@ -19,6 +20,7 @@ pub use conv::{ConvConfig, ConvNet, Head};
 pub use host_backprop::Recording;
 pub use host_mlp::HostMlp;
 pub use mlp::{Mlp, MlpConfig};
+pub use network::{ModelConfig, ModelKind, Network};
 pub use quadratic::Quadratic;
 
 use burn::tensor::{Gradients, Tensor};

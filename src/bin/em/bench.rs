@@ -10,7 +10,7 @@ use energy_matching::backend::{cpu, from_points, Precision};
 use energy_matching::config::RunConfig;
 use energy_matching::coupling::{assignment, sq_euclidean_cost};
 use energy_matching::data::Toy;
-use energy_matching::potential::Potential;
+use energy_matching::potential::{Model, Potential};
 use energy_matching::rng::{stream, Purpose};
 use energy_matching::run::trainer_for;
 use energy_matching::sampler::{
@@ -100,8 +100,8 @@ pub fn run(a: BenchArgs) -> Result<()> {
         "ms".into(),
     ));
 
-    let field = model.host()?;
-    let drift = Drift::new(&field);
+    let field = model.host_field()?;
+    let drift = Drift::new(field.as_ref());
     for b in [128usize, 1024] {
         let mut r = stream(2, Purpose::Eval, b as u64);
         let x0 = Toy::EightGaussians.sample(b, 2, &mut r).into_vec();

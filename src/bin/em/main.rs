@@ -12,6 +12,7 @@ use clap::{Args, Parser, Subcommand};
 use energy_matching::config::RunConfig;
 use energy_matching::data::{read_points, write_points, DataSource};
 use energy_matching::metrics;
+use energy_matching::potential::Model;
 use energy_matching::run::{self, RunDir};
 use energy_matching::sampler::{SamplerKind, TrajectoryRecorder};
 
@@ -404,8 +405,8 @@ fn eval(a: EvalArgs) -> Result<()> {
     let mut out = serde_json::to_value(&m)?;
     if let Some(c) = a.checkpoint {
         let (model, cfg, _) = run::load_model(&c, true)?;
-        let field = model.host()?;
-        let nll = metrics::grid_nll_2d(&field, cfg.schedule.epsilon_max, &target, 300, 1.5)?;
+        let field = model.host_field()?;
+        let nll = metrics::grid_nll_2d(field.as_ref(), cfg.schedule.epsilon_max, &target, 300, 1.5)?;
         out["grid_nll"] = serde_json::json!(nll);
     }
     let text = serde_json::to_string_pretty(&out)?;
@@ -438,8 +439,8 @@ fn plot(a: PlotArgs) -> Result<()> {
     let rec = TrajectoryRecorder::new(2, 12);
     run::draw_samples(&model, &setup, 12, cfg.seed, Some(&rec), &mut |_| {})?;
     let frames = rec.into_frames();
-    let field = model.host()?;
-    run::plot_run(&a.run, &field, &cfg, &source, &samples, &target, &frames)?;
+    let field = model.host_field()?;
+    run::plot_run(&a.run, field.as_ref(), &cfg, &source, &samples, &target, &frames)?;
     println!("plots written to {}", a.run.display());
     Ok(())
 }
