@@ -360,7 +360,11 @@ pub fn evaluate_run(
         "raw"
     };
     let t0 = Instant::now();
-    let rec = TrajectoryRecorder::new(2, 12);
+    // images: 8 samples at ≈ 8 times for the time-evolution grid; points: 12 trajectories
+    let rec = match cfg.model.image_shape() {
+        Some(_) => TrajectoryRecorder::new(cfg.sample.steps().div_ceil(8), 8),
+        None => TrajectoryRecorder::new(2, 12),
+    };
     let setup = SamplingSetup {
         source: &trainer.source,
         schedule: cfg.schedule,
@@ -421,7 +425,8 @@ pub fn evaluate_run(
     Ok(report)
 }
 
-/// Potential and density plots (2-D) and training curves of a run directory.
+/// Potential and density plots (2-D), sample grids (images) and training curves of a run
+/// directory.
 pub fn plot_run(
     dir: &Path,
     model: &dyn GradField,
@@ -484,7 +489,39 @@ pub fn plot_run(
             },
         )?;
     }
+    if let Some(shape) = cfg.model.image_shape() {
+        image_plots(dir, shape, samples, target, frames)?;
+    }
     plot_curves(dir)
+}
+
+/// `samples.png` and `target.png` (8×8 grids) and `evolution.png` (rows = samples, columns =
+/// sampling times) for an image run.
+fn image_plots(
+    dir: &Path,
+    shape: crate::data::ImageShape,
+    samples: &Points,
+    target: &Points,
+    frames: &[(f64, Points)],
+) -> Result<()> {
+    for (name, set) in [("samples.png", samples), ("target.png", target)] {
+        if !set.is_empty() {
+            let first = set.slice_rows(0, set.len().min(64));
+            plot::image_grid_png(&dir.join(name), &first, shape, 8, 2)?;
+        }
+    }
+    let rows = frames.iter().map(|f| f.1.len()).min().unwrap_or(0);
+    if rows > 0 {
+        let mut cells = Vec::new();
+        for i in 0..rows {
+            for (_, f) in frames {
+                cells.extend_from_slice(f.row(i));
+            }
+        }
+        let grid = Points::new(rows * frames.len(), shape.numel(), cells)?;
+        plot::image_grid_png(&dir.join("evolution.png"), &grid, shape, frames.len(), 2)?;
+    }
+    Ok(())
 }
 
 /// Reads `metrics.jsonl` of a run directory.

@@ -74,7 +74,10 @@ impl ConvConfig {
         };
         let s = self.image;
         if s.channels == 0 || s.height == 0 || s.width == 0 {
-            return bad("image", format!("expected a non-empty image shape, found {s}"));
+            return bad(
+                "image",
+                format!("expected a non-empty image shape, found {s}"),
+            );
         }
         if self.channels.is_empty() || self.channels.contains(&0) {
             return bad(
@@ -295,13 +298,7 @@ impl Potential for ConvNet {
                 delta,
                 self.kernel(l),
                 None,
-                ConvTransposeOptions::new(
-                    [geo.stride, geo.stride],
-                    [p, p],
-                    geo.out_pad,
-                    [1, 1],
-                    1,
-                ),
+                ConvTransposeOptions::new([geo.stride, geo.stride], [p, p], geo.out_pad, [1, 1], 1),
             );
         }
         (v.reshape([b]), g.reshape([b, self.dim()]))

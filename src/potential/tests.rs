@@ -43,11 +43,7 @@ fn check_input_gradient(m: &dyn Potential, x: &[f64], b: usize, label: &str) {
         xp[k] += h;
         xm[k] -= h;
         let fd = (energies(m, &xp, b, d)[k / d] - energies(m, &xm, b, d)[k / d]) / (2.0 * h);
-        assert!(
-            rel_err(g[k], fd) < 1e-6,
-            "{label} k={k}: {} vs {fd}",
-            g[k]
-        );
+        assert!(rel_err(g[k], fd) < 1e-6, "{label} k={k}: {} vs {fd}", g[k]);
     }
 }
 

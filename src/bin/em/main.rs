@@ -406,7 +406,8 @@ fn eval(a: EvalArgs) -> Result<()> {
     if let Some(c) = a.checkpoint {
         let (model, cfg, _) = run::load_model(&c, true)?;
         let field = model.host_field()?;
-        let nll = metrics::grid_nll_2d(field.as_ref(), cfg.schedule.epsilon_max, &target, 300, 1.5)?;
+        let nll =
+            metrics::grid_nll_2d(field.as_ref(), cfg.schedule.epsilon_max, &target, 300, 1.5)?;
         out["grid_nll"] = serde_json::json!(nll);
     }
     let text = serde_json::to_string_pretty(&out)?;
@@ -440,7 +441,15 @@ fn plot(a: PlotArgs) -> Result<()> {
     run::draw_samples(&model, &setup, 12, cfg.seed, Some(&rec), &mut |_| {})?;
     let frames = rec.into_frames();
     let field = model.host_field()?;
-    run::plot_run(&a.run, field.as_ref(), &cfg, &source, &samples, &target, &frames)?;
+    run::plot_run(
+        &a.run,
+        field.as_ref(),
+        &cfg,
+        &source,
+        &samples,
+        &target,
+        &frames,
+    )?;
     println!("plots written to {}", a.run.display());
     Ok(())
 }
