@@ -12,6 +12,9 @@ use crate::rng::{normal, stream, Purpose, RngExt};
 use crate::sampler::{GradField, Scratch};
 use crate::{EmError, Points, Result};
 
+pub mod frechet;
+pub use frechet::{frechet_distance, GaussianStats};
+
 /// Metric values comparing samples with target points.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct SampleMetrics {
