@@ -37,6 +37,7 @@ pub mod points;
 pub mod potential;
 pub mod rng;
 pub mod schedule;
+pub mod tensor_file;
 
 pub use error::{EmError, Result};
 pub use points::Points;

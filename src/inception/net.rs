@@ -9,7 +9,6 @@ use std::path::Path;
 use burn::tensor::module::{avg_pool2d, conv2d, max_pool2d};
 use burn::tensor::ops::{AvgPoolOptions, ConvOptions, MaxPoolOptions};
 use burn::tensor::{DType, Device, Tensor, TensorData};
-use safetensors::{Dtype, SafeTensors};
 
 use crate::data::images::unit_to_byte;
 use crate::data::ImageShape;
@@ -41,30 +40,13 @@ const ROOT: &str = "net.layers";
 impl InceptionV3 {
     /// Loads the weights written by `em fid-weights` (a converted TorchScript archive).
     pub fn load(path: &Path, device: &Device) -> Result<Self> {
-        let raw = std::fs::read(path).map_err(|e| EmError::io(path, e))?;
+        let file = crate::tensor_file::TensorFile::read(path)?;
         let bad = |reason: String| EmError::Parse {
             path: path.to_path_buf(),
             reason,
         };
-        let st = SafeTensors::deserialize(&raw)
-            .map_err(|e| bad(format!("not a safetensors file: {e}")))?;
-        let (_, header) =
-            SafeTensors::read_metadata(&raw).map_err(|e| bad(format!("unreadable header: {e}")))?;
-        let meta = header.metadata().clone().unwrap_or_default();
-        let tensor = |name: &str| -> Result<(Vec<usize>, Vec<f32>)> {
-            let t = st
-                .tensor(name)
-                .map_err(|_| bad(format!("expected a tensor `{name}`, found none")))?;
-            if t.dtype() != Dtype::F32 {
-                return Err(bad(format!("expected `{name}` as F32")));
-            }
-            let v = t
-                .data()
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect();
-            Ok((t.shape().to_vec(), v))
-        };
+        let meta = file.metadata();
+        let tensor = |name: &str| file.f32(name);
         let ints = |key: &str| -> Result<Vec<usize>> {
             let v = meta
                 .get(&format!("attr.{key}"))
@@ -72,7 +54,7 @@ impl InceptionV3 {
             serde_json::from_str(v).map_err(|e| bad(format!("attribute `{key}`: {e}")))
         };
         let mut convs = HashMap::new();
-        for name in st.names() {
+        for name in file.names() {
             let Some(module) = name.strip_suffix(".weight") else {
                 continue;
             };

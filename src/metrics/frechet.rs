@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use faer::{Mat, Side};
-use safetensors::{tensor::TensorView, Dtype, SafeTensors};
+use safetensors::{tensor::TensorView, Dtype};
 
 use crate::{EmError, Points, Result};
 
@@ -86,44 +86,19 @@ impl GaussianStats {
 
     /// Reads statistics written by [`GaussianStats::save`].
     pub fn load(path: &Path) -> Result<Self> {
-        let raw = std::fs::read(path).map_err(|e| EmError::io(path, e))?;
-        let bad = |reason: String| EmError::Parse {
-            path: path.to_path_buf(),
-            reason,
-        };
-        let st = SafeTensors::deserialize(&raw)
-            .map_err(|e| bad(format!("not a safetensors file: {e}")))?;
-        let read = |name: &str| -> Result<(Vec<usize>, Vec<f64>)> {
-            let t = st
-                .tensor(name)
-                .map_err(|_| bad(format!("expected a tensor `{name}`, found none")))?;
-            if t.dtype() != Dtype::F64 {
-                return Err(bad(format!(
-                    "expected `{name}` as F64, found {:?}",
-                    t.dtype()
-                )));
-            }
-            let v = t
-                .data()
-                .chunks_exact(8)
-                .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")))
-                .collect();
-            Ok((t.shape().to_vec(), v))
-        };
-        let (ms, mean) = read("mu")?;
-        let (ss, cov) = read("sigma")?;
+        let file = crate::tensor_file::TensorFile::read(path)?;
+        let (ms, mean) = file.f64("mu")?;
+        let (ss, cov) = file.f64("sigma")?;
         let d = mean.len();
         if ms.len() != 1 || ss != [d, d] {
-            return Err(bad(format!(
-                "expected mu [d] and sigma [d, d], found {ms:?} and {ss:?}"
-            )));
+            return Err(EmError::Parse {
+                path: path.to_path_buf(),
+                reason: format!("expected mu [d] and sigma [d, d], found {ms:?} and {ss:?}"),
+            });
         }
-        let (_, meta) =
-            SafeTensors::read_metadata(&raw).map_err(|e| bad(format!("unreadable header: {e}")))?;
-        let count = meta
+        let count = file
             .metadata()
-            .as_ref()
-            .and_then(|m| m.get("count"))
+            .get("count")
             .and_then(|c| c.parse().ok())
             .unwrap_or(0);
         Ok(Self {

@@ -324,24 +324,7 @@ impl Model for ConvNet {
     }
 
     fn set_flat_params(&mut self, params: Vec<Tensor<1>>) -> Result<()> {
-        let shapes = self.param_shapes();
-        if params.len() != shapes.len() {
-            return Err(EmError::shape(
-                "ConvNet parameters",
-                format!("{} tensors", shapes.len()),
-                format!("{} tensors", params.len()),
-            ));
-        }
-        for ((p, s), name) in params.iter().zip(&shapes).zip(self.param_names()) {
-            let numel: usize = s.iter().product();
-            if p.dims()[0] != numel {
-                return Err(EmError::shape(
-                    format!("parameter {name}"),
-                    format!("{numel} values ({s:?})"),
-                    format!("{} values", p.dims()[0]),
-                ));
-            }
-        }
+        super::check_flat_params(self, &params, "ConvNet")?;
         self.params = params;
         Ok(())
     }

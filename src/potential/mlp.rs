@@ -238,26 +238,12 @@ impl Model for Mlp {
     }
 
     fn set_flat_params(&mut self, params: Vec<Tensor<1>>) -> Result<()> {
-        let shapes = self.param_shapes();
-        if params.len() != shapes.len() {
-            return Err(EmError::shape(
-                "Mlp parameters",
-                format!("{} tensors", shapes.len()),
-                format!("{} tensors", params.len()),
-            ));
-        }
-        let mut out = Vec::with_capacity(params.len());
-        for ((p, s), name) in params.into_iter().zip(&shapes).zip(self.param_names()) {
-            let numel: usize = s.iter().product();
-            if p.dims()[0] != numel {
-                return Err(EmError::shape(
-                    format!("parameter {name}"),
-                    format!("{numel} values ({s:?})"),
-                    format!("{} values", p.dims()[0]),
-                ));
-            }
-            out.push(p.reshape([s[0], s[1]]));
-        }
+        super::check_flat_params(self, &params, "Mlp")?;
+        let out = params
+            .into_iter()
+            .zip(self.param_shapes())
+            .map(|(p, s)| p.reshape([s[0], s[1]]))
+            .collect();
         self.params = out;
         Ok(())
     }

@@ -88,6 +88,34 @@ pub trait Model: Potential + Clone {
     }
 }
 
+/// Checks flattened parameters against a model's canonical names and shapes (`what` names the
+/// model in errors).
+pub(crate) fn check_flat_params<M: Model>(
+    model: &M,
+    params: &[Tensor<1>],
+    what: &str,
+) -> Result<()> {
+    let shapes = model.param_shapes();
+    if params.len() != shapes.len() {
+        return Err(crate::EmError::shape(
+            format!("{what} parameters"),
+            format!("{} tensors", shapes.len()),
+            format!("{} tensors", params.len()),
+        ));
+    }
+    for ((p, s), name) in params.iter().zip(&shapes).zip(model.param_names()) {
+        let numel: usize = s.iter().product();
+        if p.dims()[0] != numel {
+            return Err(crate::EmError::shape(
+                format!("parameter {name}"),
+                format!("{numel} values ({s:?})"),
+                format!("{} values", p.dims()[0]),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Hessian-vector products H(x)·v = ∇ₓ(∇ₓV(x)·v), one per row, computed exactly by one
 /// first-order backward pass through the explicit gradient.
 ///
