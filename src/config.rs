@@ -49,6 +49,11 @@ pub struct EvalConfig {
     pub projections: usize,
     /// Cap on points used by the O(n²) metrics (energy distance, MMD).
     pub max_pairwise: usize,
+    /// Image runs: FID of the samples against these reference statistics (a `.safetensors`
+    /// file from `em fid --stats-out`) or images (a dataset spec). `None`: no FID.
+    pub fid_reference: Option<String>,
+    /// Inception-v3 weights for the FID (from `scripts/fetch-inception.sh`).
+    pub fid_weights: String,
 }
 
 impl Default for EvalConfig {
@@ -58,6 +63,8 @@ impl Default for EvalConfig {
             target_points: 20_000,
             projections: 200,
             max_pairwise: 5000,
+            fid_reference: None,
+            fid_weights: "data/inception-2015-12-05.safetensors".into(),
         }
     }
 }

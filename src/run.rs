@@ -80,6 +80,9 @@ pub struct EvalReport {
     pub sampler: SamplerConfig,
     /// Seconds spent sampling.
     pub sampling_s: f64,
+    /// FID of the samples against `eval.fid_reference` (image runs that set it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fid: Option<f64>,
 }
 
 /// Paths inside a run directory.
@@ -399,12 +402,22 @@ pub fn evaluate_run(
     } else {
         None
     };
+    let fid = match (cfg.model.image_shape(), &cfg.eval.fid_reference) {
+        (Some(shape), Some(reference)) => Some(crate::inception::fid(
+            &samples,
+            shape,
+            Path::new(&cfg.eval.fid_weights),
+            reference,
+        )?),
+        _ => None,
+    };
     let report = EvalReport {
         metrics: m,
         grid_nll,
         weights: weights.into(),
         sampler: cfg.sample.clone(),
         sampling_s,
+        fid,
     };
     checkpoint::write_atomic(
         &dir.join("eval.json"),
@@ -492,7 +505,39 @@ pub fn plot_run(
     if let Some(shape) = cfg.model.image_shape() {
         image_plots(dir, shape, samples, target, frames)?;
     }
+    energy_histogram(dir, model, samples, target)?;
     plot_curves(dir)
+}
+
+/// `energy_hist.png`: densities of V on target points and on the final samples.
+fn energy_histogram(
+    dir: &Path,
+    model: &dyn GradField,
+    samples: &Points,
+    target: &Points,
+) -> Result<()> {
+    let cap = |p: &Points| p.slice_rows(0, p.len().min(5000));
+    let (vt, vs) = (
+        metrics::energies(model, &cap(target))?,
+        metrics::energies(model, &cap(samples))?,
+    );
+    let finite = || vt.iter().chain(&vs).copied().filter(|v| v.is_finite());
+    let lo = finite().fold(f64::INFINITY, f64::min);
+    let hi = finite().fold(f64::NEG_INFINITY, f64::max);
+    if lo >= hi || !lo.is_finite() {
+        return Ok(());
+    }
+    let series = [("V(target)", &vt), ("V(samples)", &vs)].map(|(name, v)| Series {
+        name: name.into(),
+        points: metrics::histogram(v, lo, hi, 40),
+    });
+    plot::curves_png(
+        &dir.join("energy_hist.png"),
+        "energy densities: target vs samples",
+        "V",
+        &series,
+        false,
+    )
 }
 
 /// `samples.png` and `target.png` (8×8 grids) and `evolution.png` (rows = samples, columns =

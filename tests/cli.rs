@@ -105,6 +105,7 @@ fn train_writes_a_complete_run_directory_and_resume_is_bit_identical() {
         "boltzmann.png",
         "loss.png",
         "energies.png",
+        "energy_hist.png",
         "checkpoints/step-00000005.safetensors",
         "checkpoints/step-00000006.json",
         "checkpoints/final.safetensors",
@@ -443,6 +444,7 @@ checkpoint_every = 4
         "target.png",
         "evolution.png",
         "loss.png",
+        "energy_hist.png",
         "samples.npy",
     ] {
         assert!(run.join(f).exists(), "missing {f}");

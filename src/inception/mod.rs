@@ -5,3 +5,67 @@
 pub mod archive;
 pub mod net;
 pub mod pickle;
+
+use std::path::Path;
+
+use crate::data::ImageShape;
+use crate::metrics::{frechet_distance, GaussianStats};
+use crate::{EmError, Points, Result};
+
+/// Images per forward pass of the feature extractor.
+pub const BATCH: usize = 25;
+
+/// Gaussian statistics of the Inception features of `images`.
+pub fn feature_stats(
+    net: &net::InceptionV3,
+    images: &Points,
+    shape: ImageShape,
+) -> Result<GaussianStats> {
+    GaussianStats::of(&net.features(images, shape, BATCH)?)
+}
+
+/// Reference statistics: a `.safetensors` statistics file, or the images of a dataset spec.
+pub fn reference_stats(net: &net::InceptionV3, reference: &str) -> Result<GaussianStats> {
+    if reference.ends_with(".safetensors") {
+        return GaussianStats::load(Path::new(reference));
+    }
+    let set = crate::data::images::from_spec(reference).ok_or_else(|| {
+        EmError::invalid(
+            "FID reference",
+            "a statistics .safetensors file or an image dataset spec",
+            reference,
+        )
+    })??;
+    feature_stats(net, &set.images, set.shape)
+}
+
+/// FID of `images` against `reference` (see [`reference_stats`]) with the weights at `weights`.
+pub fn fid(images: &Points, shape: ImageShape, weights: &Path, reference: &str) -> Result<f64> {
+    let net = net::InceptionV3::load(weights, &crate::backend::cpu())?;
+    let reference = reference_stats(&net, reference)?;
+    frechet_distance(&feature_stats(&net, images, shape)?, &reference)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_weights_and_bad_references_are_named() {
+        let shape = ImageShape {
+            channels: 1,
+            height: 2,
+            width: 2,
+        };
+        let imgs = Points::new(2, 4, vec![0.0; 8]).unwrap();
+        let err = fid(
+            &imgs,
+            shape,
+            Path::new("/nonexistent/w.safetensors"),
+            "x.safetensors",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("/nonexistent/w.safetensors"), "{err}");
+    }
+}

@@ -262,6 +262,24 @@ pub fn energies(field: &dyn GradField, points: &Points) -> Result<Vec<f64>> {
     Ok(out.into_iter().flatten().map(f64::from).collect())
 }
 
+/// Normalised histogram of `values` over `bins` equal bins spanning [lo, hi]: (bin centre,
+/// density) pairs, the densities integrating to the fraction of values inside the range.
+pub fn histogram(values: &[f64], lo: f64, hi: f64, bins: usize) -> Vec<(f64, f64)> {
+    let width = (hi - lo) / bins.max(1) as f64;
+    let mut counts = vec![0usize; bins.max(1)];
+    for &v in values {
+        if v >= lo && v <= hi && width > 0.0 {
+            counts[(((v - lo) / width) as usize).min(bins - 1)] += 1;
+        }
+    }
+    let n = values.len().max(1) as f64;
+    counts
+        .iter()
+        .enumerate()
+        .map(|(k, &c)| (lo + (k as f64 + 0.5) * width, c as f64 / (n * width)))
+        .collect()
+}
+
 /// A random subset of `k` indices (for plots).
 pub fn subsample_indices(n: usize, k: usize, seed: u64) -> Vec<usize> {
     let mut rng = stream(seed, Purpose::Eval, 7);
@@ -319,6 +337,16 @@ mod tests {
         let x = Points::new(1, 1, vec![0.0]).unwrap();
         let y = Points::new(1, 1, vec![1.0]).unwrap();
         assert!((energy_distance_sq(&x, &y) - 2.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn histograms_are_densities_over_the_range() {
+        let h = histogram(&[0.1, 0.2, 0.6, 0.9, 5.0], 0.0, 1.0, 2);
+        // bins [0, 0.5), [0.5, 1]: 2 and 2 of 5 values, width 0.5 → densities 0.8 and 0.8
+        assert_eq!(h, vec![(0.25, 0.8), (0.75, 0.8)]);
+        let h = histogram(&[1.0, 1.0], 0.0, 1.0, 4);
+        assert_eq!(h[3], (0.875, 4.0));
+        assert!((h.iter().map(|(_, d)| d * 0.25).sum::<f64>() - 1.0).abs() < 1e-12);
     }
 
     #[test]

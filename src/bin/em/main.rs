@@ -387,19 +387,16 @@ fn fid(a: FidArgs) -> Result<()> {
             a.weights.display()
         )
     })?;
-    let stats_of =
-        |spec: &str, n: Option<usize>| -> Result<(GaussianStats, energy_matching::Points)> {
-            let (rows, shape) = image_rows(spec, a.shape.as_deref(), n)?;
-            let t = std::time::Instant::now();
-            let feats = net.features(&rows, shape, a.batch)?;
-            eprintln!(
-                "{spec}: {} images → features in {:.1} s",
-                rows.len(),
-                t.elapsed().as_secs_f64()
-            );
-            Ok((GaussianStats::of(&feats)?, feats))
-        };
-    let (stats, feats) = stats_of(&a.images, a.n)?;
+    let (rows, shape) = image_rows(&a.images, a.shape.as_deref(), a.n)?;
+    let t = std::time::Instant::now();
+    let feats = net.features(&rows, shape, a.batch)?;
+    eprintln!(
+        "{}: {} images → features in {:.1} s",
+        a.images,
+        rows.len(),
+        t.elapsed().as_secs_f64()
+    );
+    let stats = GaussianStats::of(&feats)?;
     if let Some(p) = &a.features_out {
         write_points(p, &feats)?;
     }
@@ -408,11 +405,7 @@ fn fid(a: FidArgs) -> Result<()> {
     }
     let mut out = serde_json::json!({ "images": a.images, "count": stats.count });
     if let Some(r) = &a.reference {
-        let reference = if r.ends_with(".safetensors") {
-            GaussianStats::load(Path::new(r))?
-        } else {
-            stats_of(r, None)?.0
-        };
+        let reference = energy_matching::inception::reference_stats(&net, r)?;
         out["reference"] = serde_json::json!(r);
         out["reference_count"] = serde_json::json!(reference.count);
         out["fid"] = serde_json::json!(frechet_distance(&stats, &reference)?);
@@ -487,6 +480,12 @@ fn train_and_report(cfg: &RunConfig, out: &Path, resume: Option<&Path>, quiet: b
             .map(|v| format!(", grid NLL {v:.4}"))
             .unwrap_or_default()
     );
+    if let Some(f) = report.fid {
+        println!(
+            "  FID {f:.3} against {}",
+            cfg.eval.fid_reference.as_deref().unwrap_or("")
+        );
+    }
     println!(
         "  files: config.toml metrics.jsonl eval.json samples.npy checkpoints/{}",
         if cfg.log.plots { " *.png" } else { "" }
