@@ -460,6 +460,10 @@ checkpoint_every = 4
     ok(&["sample", "--run", s(&run), "--n", "5", "--out", s(&more)]);
     let again = energy_matching::data::read_points(&more).unwrap();
     assert_eq!((again.len(), again.dim()), (5, 36));
+    // these images have no labels: the classifier refuses them by name
+    let spec = format!("mnist:{}", s(d.path()));
+    let err = fails(&["classifier-train", "--train", &spec, "--test", &spec]);
+    assert!(err.contains("labelled"), "{err}");
     let evo = image::open(run.join("evolution.png")).unwrap();
     // 8 columns of 12-pixel tiles (+2-pixel borders)
     assert_eq!(evo.width(), 2 + 8 * 14);

@@ -12,6 +12,7 @@ use crate::rng::{normal, stream, Purpose, RngExt};
 use crate::sampler::{GradField, Scratch};
 use crate::{EmError, Points, Result};
 
+pub mod classifier;
 pub mod frechet;
 pub use frechet::{frechet_distance, GaussianStats};
 
