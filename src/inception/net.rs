@@ -116,7 +116,62 @@ impl InceptionV3 {
                 net.convs.len()
             )));
         }
+        net.check_structure().map_err(bad)?;
         Ok(net)
+    }
+
+    /// True when `name` is a convolution, a pooling layer, or a `Sequential` of such.
+    fn resolvable(&self, name: &str) -> bool {
+        self.convs.contains_key(name)
+            || matches!(self.class(name), "AvgPool2d" | "MaxPool2d")
+            || self.children.get(name).is_some_and(|c| {
+                !c.is_empty() && c.iter().all(|k| self.resolvable(&format!("{name}.{k}")))
+            })
+    }
+
+    /// Checks that every module [`InceptionV3::forward`] uses is present, so that a file of
+    /// another network is an error at load time rather than a panic later.
+    fn check_structure(&self) -> std::result::Result<(), String> {
+        let r = |c: &str| format!("{ROOT}.{c}");
+        let mut needed: Vec<String> = ["conv", "conv_1", "conv_2", "conv_3", "conv_4"]
+            .iter()
+            .map(|c| r(c))
+            .collect();
+        for k in 0..11 {
+            let block = if k == 0 {
+                r("mixed")
+            } else {
+                r(&format!("mixed_{k}"))
+            };
+            let parts: &[&str] = match self.class(&block) {
+                "InceptionA" | "InceptionC" => &["conv", "tower", "tower_1", "tower_2"],
+                "InceptionB" => &["conv", "tower"],
+                "InceptionD" => &["tower", "tower_1"],
+                "InceptionE" => &[
+                    "conv",
+                    "tower_conv",
+                    "tower_mixed_conv",
+                    "tower_mixed_conv_1",
+                    "tower_1_conv",
+                    "tower_1_conv_1",
+                    "tower_1_mixed_conv",
+                    "tower_1_mixed_conv_1",
+                    "tower_2_conv",
+                ],
+                other => {
+                    return Err(format!(
+                        "expected an Inception block at `{block}`, found `{other}`"
+                    ))
+                }
+            };
+            needed.extend(parts.iter().map(|p| format!("{block}.{p}")));
+        }
+        match needed.iter().find(|n| !self.resolvable(n)) {
+            Some(n) => Err(format!(
+                "expected the Inception-v3 module `{n}`, found none"
+            )),
+            None => Ok(()),
+        }
     }
 
     fn conv(&self, name: &str, x: Tensor<4>) -> Tensor<4> {
@@ -330,6 +385,32 @@ mod tests {
         for c in 1..3 {
             assert_eq!(at(c, 150, 77), at(0, 150, 77));
         }
+    }
+
+    #[test]
+    fn a_network_without_the_inception_modules_is_refused_by_name() {
+        let mut net = InceptionV3 {
+            convs: HashMap::new(),
+            children: HashMap::new(),
+            classes: HashMap::new(),
+            device: crate::backend::cpu(),
+        };
+        let err = net.check_structure().unwrap_err();
+        assert!(
+            err.contains("Inception block at `net.layers.mixed`"),
+            "{err}"
+        );
+        for k in 0..11 {
+            let name = if k == 0 {
+                "mixed".to_string()
+            } else {
+                format!("mixed_{k}")
+            };
+            net.classes
+                .insert(format!("{ROOT}.{name}"), "InceptionB".into());
+        }
+        let err = net.check_structure().unwrap_err();
+        assert!(err.contains("module `net.layers.conv`"), "{err}");
     }
 
     #[test]
