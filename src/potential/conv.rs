@@ -190,17 +190,9 @@ pub struct Head {
 }
 
 impl Head {
-    /// (V, dV/d out) of raw outputs `out: [B, 1]`.
-    fn apply(&self, out: Tensor<2>) -> (Tensor<2>, Tensor<2>) {
-        let s = self.output_scale;
-        match self.energy_clamp {
-            None => (out.clone() * s, out.ones_like() * s),
-            Some(c) => {
-                let th = (out * (s / c)).tanh();
-                let d = (th.clone().powi_scalar(2).neg() + 1.0) * s;
-                (th * c, d)
-            }
-        }
+    /// (V, dV/d out when `with_derivative`) of raw outputs `out: [B, 1]`.
+    fn apply(&self, out: Tensor<2>, with_derivative: bool) -> (Tensor<2>, Option<Tensor<2>>) {
+        super::output_head(out, self.output_scale, self.energy_clamp, with_derivative)
     }
 }
 
@@ -272,7 +264,7 @@ impl Potential for ConvNet {
 
     fn energy(&self, x: Tensor<2>) -> Tensor<1> {
         let (_, out) = self.forward(x, false);
-        let (v, _) = self.head.apply(out);
+        let (v, _) = self.head.apply(out, false);
         let b = v.dims()[0];
         v.reshape([b])
     }
@@ -280,7 +272,8 @@ impl Potential for ConvNet {
     fn energy_and_grad(&self, x: Tensor<2>) -> (Tensor<1>, Tensor<2>) {
         let b = x.dims()[0];
         let (mut derivs, out) = self.forward(x, true);
-        let (v, dv) = self.head.apply(out);
+        let (v, dv) = self.head.apply(out, true);
+        let dv = dv.expect("derivative requested");
         let last = *self.geometry.last().expect("at least one layer");
         let (h_l, w_l) = (last.h_out, last.w_out);
         let n = self.params.len();

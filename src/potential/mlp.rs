@@ -153,18 +153,8 @@ impl Mlp {
 
     /// Applies the output scale and soft clamp to the raw output; returns (V, dV/d out).
     fn head(&self, out: Tensor<2>, with_derivative: bool) -> (Tensor<2>, Option<Tensor<2>>) {
-        let s = self.config.output_scale;
-        match self.config.energy_clamp {
-            None => {
-                let d = with_derivative.then(|| out.ones_like() * s);
-                (out * s, d)
-            }
-            Some(c) => {
-                let th = (out * (s / c)).tanh();
-                let d = with_derivative.then(|| (th.clone().powi_scalar(2).neg() + 1.0) * s);
-                (th * c, d)
-            }
-        }
+        let c = &self.config;
+        super::output_head(out, c.output_scale, c.energy_clamp, with_derivative)
     }
 }
 

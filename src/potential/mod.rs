@@ -88,6 +88,27 @@ pub trait Model: Potential + Clone {
     }
 }
 
+/// The output head of a network: V = s·out, or the soft clamp V = c·tanh(s·out / c); with
+/// `with_derivative` also dV/d out. Shapes `[B, 1]`.
+pub(crate) fn output_head(
+    out: Tensor<2>,
+    scale: f64,
+    clamp: Option<f64>,
+    with_derivative: bool,
+) -> (Tensor<2>, Option<Tensor<2>>) {
+    match clamp {
+        None => {
+            let d = with_derivative.then(|| out.ones_like() * scale);
+            (out * scale, d)
+        }
+        Some(c) => {
+            let th = (out * (scale / c)).tanh();
+            let d = with_derivative.then(|| (th.clone().powi_scalar(2).neg() + 1.0) * scale);
+            (th * c, d)
+        }
+    }
+}
+
 /// Checks flattened parameters against a model's canonical names and shapes (`what` names the
 /// model in errors).
 pub(crate) fn check_flat_params<M: Model>(
