@@ -349,6 +349,15 @@ pub fn eval_target(target: &DataSource, seed: u64, n: usize) -> Points {
     target.sample(n, &mut stream(seed, Purpose::Data, 1))
 }
 
+/// The trajectories the plots show: for images 8 samples at ≈ 8 times (the time-evolution
+/// grid), otherwise 12 trajectories every 2 steps.
+pub fn plot_recorder(cfg: &RunConfig) -> TrajectoryRecorder {
+    match cfg.model.image_shape() {
+        Some(_) => TrajectoryRecorder::new(cfg.sample.steps().div_ceil(8), 8),
+        None => TrajectoryRecorder::new(2, 12),
+    }
+}
+
 /// Samples with the final weights, evaluates, and draws the plots of a finished run.
 pub fn evaluate_run(
     trainer: &Trainer<Network>,
@@ -363,11 +372,7 @@ pub fn evaluate_run(
         "raw"
     };
     let t0 = Instant::now();
-    // images: 8 samples at ≈ 8 times for the time-evolution grid; points: 12 trajectories
-    let rec = match cfg.model.image_shape() {
-        Some(_) => TrajectoryRecorder::new(cfg.sample.steps().div_ceil(8), 8),
-        None => TrajectoryRecorder::new(2, 12),
-    };
+    let rec = plot_recorder(cfg);
     let setup = SamplingSetup {
         source: &trainer.source,
         schedule: cfg.schedule,
@@ -384,6 +389,7 @@ pub fn evaluate_run(
     let sampling_s = t0.elapsed().as_secs_f64();
     write_points(&dir.join("samples.npy"), &samples)?;
     let target = eval_target(&trainer.target, cfg.seed, cfg.eval.target_points);
+    let field = model.host_field()?;
     let m = metrics::compare(
         &samples,
         &target,
@@ -393,7 +399,7 @@ pub fn evaluate_run(
     )?;
     let grid_nll = if cfg.model.input_dim() == 2 && cfg.schedule.epsilon_max > 0.0 {
         Some(metrics::grid_nll_2d(
-            model.host_field()?.as_ref(),
+            field.as_ref(),
             cfg.schedule.epsilon_max,
             &target,
             300,
@@ -427,7 +433,7 @@ pub fn evaluate_run(
         let frames = rec.into_frames();
         plot_run(
             dir,
-            model.host_field()?.as_ref(),
+            field.as_ref(),
             cfg,
             &trainer.source,
             &samples,

@@ -464,7 +464,13 @@ checkpoint_every = 4
     let spec = format!("mnist:{}", s(d.path()));
     let err = fails(&["classifier-train", "--train", &spec, "--test", &spec]);
     assert!(err.contains("labelled"), "{err}");
-    let evo = image::open(run.join("evolution.png")).unwrap();
-    // 8 columns of 12-pixel tiles (+2-pixel borders)
-    assert_eq!(evo.width(), 2 + 8 * 14);
+    // 8 columns of 12-pixel tiles (+2-pixel borders), after training and after `em plot`
+    for redraw in [false, true] {
+        if redraw {
+            std::fs::remove_file(run.join("evolution.png")).unwrap();
+            ok(&["plot", "--run", s(&run)]);
+        }
+        let evo = image::open(run.join("evolution.png")).unwrap();
+        assert_eq!(evo.width(), 2 + 8 * 14, "redrawn: {redraw}");
+    }
 }

@@ -696,8 +696,8 @@ fn plot(a: PlotArgs) -> Result<()> {
         run::draw_samples(&model, &setup, 2000, cfg.seed, None, &mut |_| {})?
     };
     let target = run::eval_target(&target_src, cfg.seed, 5000);
-    let rec = TrajectoryRecorder::new(2, 12);
-    run::draw_samples(&model, &setup, 12, cfg.seed, Some(&rec), &mut |_| {})?;
+    let rec = run::plot_recorder(&cfg);
+    run::draw_samples(&model, &setup, rec.keep, cfg.seed, Some(&rec), &mut |_| {})?;
     let frames = rec.into_frames();
     let field = model.host_field()?;
     run::plot_run(
