@@ -11,6 +11,7 @@ use crate::backend::{from_points, scalar, to_f64_vec, vector_f32, Precision};
 use crate::data::DataSource;
 use crate::potential::{HostMlp, Model};
 use crate::rng::{normal, stream, uniform, Purpose, Rng};
+use crate::sampler::GradField;
 use crate::schedule::Schedule;
 use crate::{EmError, Points, Result};
 
@@ -198,46 +199,50 @@ impl<M: Model> Trainer<M> {
                 }
             })
             .collect();
+        // one host copy of the weights serves the negatives and the fused gradient
+        let fused = match (self.train.backprop, self.precision) {
+            (Backprop::Fused, Precision::F32) => self.state.model.fused_backprop()?,
+            _ => None,
+        };
         let contrast = if phase == Phase::Phase2 {
             let n = self.negatives.batch.unwrap_or(self.train.batch_size);
             let pos = self.target.sample(self.train.batch_size, &mut rng);
-            let field = self.state.model.host_field()?;
+            let owned;
+            let field: &dyn GradField = match &fused {
+                Some(host) => host,
+                None => {
+                    owned = self.state.model.host_field()?;
+                    owned.as_ref()
+                }
+            };
             let setup = negatives::ChainSetup {
                 target: &self.target,
                 source: &self.source,
                 seed: self.seed,
                 step,
             };
-            let neg = negatives::generate(
-                field.as_ref(),
-                &self.schedule,
-                &self.negatives,
-                n,
-                &setup,
-                &mut rng,
-            )?;
+            let neg =
+                negatives::generate(field, &self.schedule, &self.negatives, n, &setup, &mut rng)?;
             Some((pos, neg))
         } else {
             None
         };
-        self.update(step, phase, (&xt, &u, &w), contrast)
+        self.update(step, phase, (&xt, &u, &w), contrast, fused)
     }
 
-    /// The parameter update of one step, given its flow batch and (phase 2) positives/negatives.
+    /// The parameter update of one step, given its flow batch, (phase 2) positives/negatives,
+    /// and the fused host form of the model when the fused backward pass is used.
     fn update(
         &mut self,
         step: u64,
         phase: Phase,
         flow: FlowBatch<'_>,
         contrast: Option<(Points, Points)>,
+        fused: Option<HostMlp>,
     ) -> Result<StepStats> {
         let flow_weight = match phase {
             Phase::Phase1 => 1.0,
             Phase::Phase2 => self.train.flow_loss_weight,
-        };
-        let fused = match (self.train.backprop, self.precision) {
-            (Backprop::Fused, Precision::F32) => self.state.model.fused_backprop()?,
-            _ => None,
         };
         let ev = match fused {
             Some(host) => self.evaluate_fused(&host, flow, flow_weight, contrast),
