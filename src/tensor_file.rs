@@ -1,13 +1,64 @@
-//! A safetensors file read into memory: tensors by name as host vectors, and the string
-//! metadata, with errors that name the file (for weight and statistics files; checkpoints
-//! have their own loader with checkpoint-specific errors).
+//! Safetensors files for weights and statistics: [`TensorFile`] reads one into memory
+//! (tensors by name as host vectors, the string metadata, errors that name the file) and
+//! [`write`] writes one atomically. Checkpoints have their own loader and writer with
+//! checkpoint-specific errors.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use safetensors::{Dtype, SafeTensors};
+use safetensors::{tensor::TensorView, Dtype, SafeTensors};
 
 use crate::{EmError, Result};
+
+/// A tensor to write: name, element type, shape and little-endian bytes.
+pub struct RawTensor {
+    /// Tensor name.
+    pub name: String,
+    /// Element type.
+    pub dtype: Dtype,
+    /// Shape.
+    pub shape: Vec<usize>,
+    /// Little-endian element bytes.
+    pub bytes: Vec<u8>,
+}
+
+impl RawTensor {
+    /// An F32 tensor.
+    pub fn f32(name: impl Into<String>, shape: Vec<usize>, values: &[f32]) -> Self {
+        let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        Self {
+            name: name.into(),
+            dtype: Dtype::F32,
+            shape,
+            bytes,
+        }
+    }
+
+    /// An F64 tensor.
+    pub fn f64(name: impl Into<String>, shape: Vec<usize>, values: &[f64]) -> Self {
+        let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        Self {
+            name: name.into(),
+            dtype: Dtype::F64,
+            shape,
+            bytes,
+        }
+    }
+}
+
+/// Writes `tensors` and `metadata` as a safetensors file, atomically.
+pub fn write(path: &Path, tensors: &[RawTensor], metadata: HashMap<String, String>) -> Result<()> {
+    let mut views = Vec::with_capacity(tensors.len());
+    for t in tensors {
+        let view = TensorView::new(t.dtype, t.shape.clone(), &t.bytes).map_err(|e| {
+            EmError::invalid(t.name.clone(), "bytes that match the tensor's shape", e)
+        })?;
+        views.push((t.name.clone(), view));
+    }
+    let data = safetensors::serialize(views, &Some(metadata))
+        .map_err(|e| EmError::invalid(path.display().to_string(), "serialisable tensors", e))?;
+    crate::checkpoint::write_atomic(path, &data)
+}
 
 /// A parsed safetensors file.
 pub struct TensorFile {

@@ -7,9 +7,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::io::{Cursor, Read, Seek};
 use std::path::Path;
 
-use safetensors::{tensor::TensorView, Dtype};
-
 use super::pickle::{self, Value};
+use crate::tensor_file::RawTensor;
 use crate::{EmError, Result};
 
 /// A tensor read from an archive.
@@ -246,20 +245,11 @@ impl ModuleArchive {
     /// Writes every tensor (F32) to a safetensors file with the attributes (`attr.<path>`,
     /// JSON integer lists) and class names (`class.<path>`) in its metadata; atomic.
     pub fn save_safetensors(&self, path: &Path) -> Result<()> {
-        let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = self
+        let tensors: Vec<RawTensor> = self
             .tensors
             .iter()
-            .map(|(n, t)| {
-                let b = t.data.iter().flat_map(|v| v.to_le_bytes()).collect();
-                (n.clone(), t.shape.clone(), b)
-            })
+            .map(|(n, t)| RawTensor::f32(n.clone(), t.shape.clone(), &t.data))
             .collect();
-        let mut views = Vec::new();
-        for (n, shape, b) in &bytes {
-            let v = TensorView::new(Dtype::F32, shape.clone(), b)
-                .map_err(|e| EmError::invalid(n.clone(), "a consistent tensor", e))?;
-            views.push((n.clone(), v));
-        }
         let mut meta: HashMap<String, String> = HashMap::new();
         for (k, v) in &self.attributes {
             meta.insert(
@@ -273,9 +263,7 @@ impl ModuleArchive {
         for (k, v) in &self.children {
             meta.insert(format!("children.{k}"), v.join(","));
         }
-        let data = safetensors::serialize(views, &Some(meta))
-            .map_err(|e| EmError::invalid("archive", "serialisable tensors", e))?;
-        crate::checkpoint::write_atomic(path, &data)
+        crate::tensor_file::write(path, &tensors, meta)
     }
 }
 

@@ -11,8 +11,8 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use faer::{Mat, Side};
-use safetensors::{tensor::TensorView, Dtype};
 
+use crate::tensor_file::RawTensor;
 use crate::{EmError, Points, Result};
 
 /// Mean and covariance of a set of feature vectors.
@@ -67,21 +67,12 @@ impl GaussianStats {
     /// Writes `mu` `[d]` and `sigma` `[d, d]` (f64) to a safetensors file, atomically.
     pub fn save(&self, path: &Path) -> Result<()> {
         let d = self.dim;
-        let bytes = |v: &[f64]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
-        let (mu, sigma) = (bytes(&self.mean), bytes(&self.cov));
-        let views = [
-            ("mu", TensorView::new(Dtype::F64, vec![d], &mu)),
-            ("sigma", TensorView::new(Dtype::F64, vec![d, d], &sigma)),
+        let tensors = [
+            RawTensor::f64("mu", vec![d], &self.mean),
+            RawTensor::f64("sigma", vec![d, d], &self.cov),
         ];
-        let mut tensors = Vec::new();
-        for (name, view) in views {
-            let view = view.map_err(|e| EmError::invalid("statistics", "a tensor", e))?;
-            tensors.push((name, view));
-        }
         let meta = HashMap::from([("count".to_string(), self.count.to_string())]);
-        let data = safetensors::serialize(tensors, &Some(meta))
-            .map_err(|e| EmError::invalid("statistics", "serialisable tensors", e))?;
-        crate::checkpoint::write_atomic(path, &data)
+        crate::tensor_file::write(path, &tensors, meta)
     }
 
     /// Reads statistics written by [`GaussianStats::save`].
