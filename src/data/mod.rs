@@ -130,14 +130,9 @@ impl DataSource {
     pub fn sample(&self, n: usize, rng: &mut Rng) -> Points {
         match self {
             DataSource::Toy(t, d) => t.sample(n, *d, rng),
-            DataSource::File { points, .. } => {
-                let idx: Vec<usize> = (0..n).map(|_| rng.random_range(0..points.len())).collect();
-                points.select(&idx)
-            }
+            DataSource::File { points, .. } => draw_rows(points, n, rng),
             DataSource::Images { set, hflip, .. } => {
-                let m = set.images.len();
-                let idx: Vec<usize> = (0..n).map(|_| rng.random_range(0..m)).collect();
-                let mut out = set.images.select(&idx);
+                let mut out = draw_rows(&set.images, n, rng);
                 if *hflip {
                     for i in 0..n {
                         if rng.random::<bool>() {
@@ -162,6 +157,12 @@ impl DataSource {
             }
         }
     }
+}
+
+/// `n` rows drawn uniformly with replacement.
+fn draw_rows(points: &Points, n: usize, rng: &mut Rng) -> Points {
+    let idx: Vec<usize> = (0..n).map(|_| rng.random_range(0..points.len())).collect();
+    points.select(&idx)
 }
 
 #[cfg(test)]
