@@ -16,7 +16,7 @@
 
 use rayon::prelude::*;
 
-use super::host_mlp::{activate, gemm_into};
+use super::host_mlp::{activate, dot, gemm_into};
 use super::HostMlp;
 
 /// Rows per independent block of work. Fixed (not per thread) so that the summation order,
@@ -326,8 +326,4 @@ impl HostMlp {
         }
         grads
     }
-}
-
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
 }

@@ -82,6 +82,11 @@ fn matmul(dst: &mut [f32], a: &[f32], b: &[f32], n: usize, k: usize, m: usize, b
     gemm_into(dst, (a, false), (b, b_t), n, k, m, false);
 }
 
+/// Σ aᵢbᵢ.
+pub(super) fn dot(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
 /// eˣ in f32 by Cody–Waite range reduction and a degree-6 polynomial (≈1 ulp on
 /// [−87, 88]); plain arithmetic so that the compiler vectorises the loops that call it.
 #[inline(always)]
@@ -257,7 +262,7 @@ impl HostMlp {
         if self.clamp.is_some() || energy.is_some() {
             let mut e_out = vec![0.0f32; n];
             for (i, row) in h_last.chunks(width).take(n).enumerate() {
-                let o = row.iter().zip(&self.out_w).map(|(a, b)| a * b).sum::<f32>() + self.out_b;
+                let o = dot(row, &self.out_w) + self.out_b;
                 let [v, d, _] = self.head(o);
                 e_out[i] = v;
                 dv[i] = d;
