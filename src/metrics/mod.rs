@@ -250,16 +250,7 @@ pub fn energies(field: &dyn GradField, points: &Points) -> Result<Vec<f64>> {
         field.energy(x, n, &mut e, &mut Scratch::default());
         e
     };
-    let chunks = points.as_slice().chunks(4096 * d);
-    let out: Vec<Vec<f32>> = if field.parallel_safe() {
-        chunks
-            .collect::<Vec<_>>()
-            .into_par_iter()
-            .map(block)
-            .collect()
-    } else {
-        chunks.map(block).collect()
-    };
+    let out: Vec<Vec<f32>> = points.as_slice().par_chunks(4096 * d).map(block).collect();
     Ok(out.into_iter().flatten().map(f64::from).collect())
 }
 

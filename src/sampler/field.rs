@@ -36,7 +36,8 @@ impl Scratch {
     }
 }
 
-/// Gradient and energy of a potential on host buffers (`n` rows of `dim()` values).
+/// Gradient and energy of a potential on host buffers (`n` rows of `dim()` values). Blocks of
+/// rows are evaluated on several threads at once (`Sync`).
 pub trait GradField: Sync {
     /// Dimension of a row.
     fn dim(&self) -> usize;
@@ -44,13 +45,11 @@ pub trait GradField: Sync {
     fn grad(&self, x: &[f32], n: usize, out: &mut [f32], scratch: &mut Scratch);
     /// V for each row into `out` (`n` values).
     fn energy(&self, x: &[f32], n: usize, out: &mut [f32], scratch: &mut Scratch);
-    /// Whether blocks may be evaluated on several threads at once.
-    fn parallel_safe(&self) -> bool {
-        true
-    }
 }
 
-/// Adapts a tensor [`Potential`] (any precision) to [`GradField`]; evaluated on one thread.
+/// Adapts a tensor [`Potential`] (any precision) to [`GradField`]. Blocks may run on several
+/// threads: burn's CPU tensors are thread-safe, and parallel blocks beat burn's own threading
+/// (a conv phase-2 step: 4.7 s with parallel chain blocks vs 10.6 s with one).
 pub struct TensorField<'a> {
     /// The potential.
     pub potential: &'a (dyn Potential + Sync),
@@ -87,9 +86,5 @@ impl GradField for TensorField<'_> {
         for (o, v) in out.iter_mut().zip(e) {
             *o = v as f32;
         }
-    }
-
-    fn parallel_safe(&self) -> bool {
-        false
     }
 }

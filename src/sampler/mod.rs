@@ -270,17 +270,10 @@ pub fn sample(drift: &Drift, req: &SampleRequest, observer: &Observer) -> Result
     }
     let dim = drift.field.dim();
     let starts: Vec<usize> = (0..req.n).step_by(req.config.chunk).collect();
-    let blocks: Vec<Result<Vec<f32>>> = if drift.field.parallel_safe() {
-        starts
-            .par_iter()
-            .map(|&s| sample_block(drift, req, s, req.config.chunk.min(req.n - s), observer))
-            .collect()
-    } else {
-        starts
-            .iter()
-            .map(|&s| sample_block(drift, req, s, req.config.chunk.min(req.n - s), observer))
-            .collect()
-    };
+    let blocks: Vec<Result<Vec<f32>>> = starts
+        .par_iter()
+        .map(|&s| sample_block(drift, req, s, req.config.chunk.min(req.n - s), observer))
+        .collect();
     let mut out = Vec::with_capacity(req.n * dim);
     for b in blocks {
         out.extend(b?);
