@@ -12,6 +12,7 @@ use super::frechet::{frechet_distance, GaussianStats};
 use crate::backend::{cpu, cpu_autodiff, from_points, matrix, to_f64_vec, vector, Precision};
 use crate::data::ImageSet;
 use crate::rng::{stream, uniform, Purpose, RngExt};
+use crate::tensor_file::RawTensor;
 use crate::train::optim::{Adam, OptimConfig};
 use crate::{EmError, Points, Result};
 
@@ -230,23 +231,20 @@ impl Classifier {
 
     /// Writes the weights (`layers.{l}.weight` `[in, out]`, `layers.{l}.bias`) as safetensors.
     pub fn save(&self, path: &Path) -> Result<()> {
-        let mut archive = crate::inception::archive::ModuleArchive::default();
+        let mut tensors = Vec::new();
         for (l, &(i, o)) in self.shapes.iter().enumerate() {
             for (k, (name, shape)) in [("weight", vec![i, o]), ("bias", vec![o])]
                 .into_iter()
                 .enumerate()
             {
-                let data = to_f64_vec(self.params[2 * l + k].clone())
+                let values: Vec<f32> = to_f64_vec(self.params[2 * l + k].clone())
                     .into_iter()
                     .map(|v| v as f32)
                     .collect();
-                archive.tensors.insert(
-                    format!("layers.{l}.{name}"),
-                    crate::inception::archive::NamedTensor { shape, data },
-                );
+                tensors.push(RawTensor::f32(format!("layers.{l}.{name}"), shape, &values));
             }
         }
-        archive.save_safetensors(path)
+        crate::tensor_file::write(path, &tensors, Default::default())
     }
 
     /// Reads weights written by [`Classifier::save`].
