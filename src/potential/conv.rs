@@ -324,21 +324,13 @@ impl Model for ConvNet {
 
     fn tracked(&self) -> Self {
         let mut m = self.clone();
-        m.params = self
-            .params
-            .iter()
-            .map(|p| p.clone().without_autodiff().autodiff().require_grad())
-            .collect();
+        m.params = super::tracked_params(&self.params);
         m
     }
 
     fn untracked(&self) -> Self {
         let mut m = self.clone();
-        m.params = self
-            .params
-            .iter()
-            .map(|p| p.clone().without_autodiff())
-            .collect();
+        m.params = super::untracked_params(&self.params);
         m
     }
 

@@ -241,22 +241,14 @@ impl Model for Mlp {
     fn tracked(&self) -> Self {
         Mlp {
             config: self.config.clone(),
-            params: self
-                .params
-                .iter()
-                .map(|p| p.clone().without_autodiff().autodiff().require_grad())
-                .collect(),
+            params: super::tracked_params(&self.params),
         }
     }
 
     fn untracked(&self) -> Self {
         Mlp {
             config: self.config.clone(),
-            params: self
-                .params
-                .iter()
-                .map(|p| p.clone().without_autodiff())
-                .collect(),
+            params: super::untracked_params(&self.params),
         }
     }
 

@@ -14,6 +14,8 @@ mod host_mlp;
 mod mlp;
 mod network;
 mod quadratic;
+mod tape;
+mod unet_vit;
 
 pub use activation::Activation;
 pub use conv::{ConvConfig, ConvNet, Head};
@@ -22,6 +24,7 @@ pub use host_mlp::HostMlp;
 pub use mlp::{Mlp, MlpConfig};
 pub use network::{ModelConfig, ModelKind, Network};
 pub use quadratic::Quadratic;
+pub use unet_vit::{UNetVit, UNetVitConfig};
 
 use burn::tensor::{Gradients, Tensor};
 
@@ -107,6 +110,19 @@ pub(crate) fn output_head(
             (th * c, d)
         }
     }
+}
+
+/// Copies of parameters that are autodiff leaves retaining their gradients.
+pub(crate) fn tracked_params<const D: usize>(params: &[Tensor<D>]) -> Vec<Tensor<D>> {
+    params
+        .iter()
+        .map(|p| p.clone().without_autodiff().autodiff().require_grad())
+        .collect()
+}
+
+/// Copies of parameters without autodiff.
+pub(crate) fn untracked_params<const D: usize>(params: &[Tensor<D>]) -> Vec<Tensor<D>> {
+    params.iter().map(|p| p.clone().without_autodiff()).collect()
 }
 
 /// Checks flattened parameters against a model's canonical names and shapes (`what` names the

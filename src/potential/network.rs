@@ -1,10 +1,14 @@
 //! [`ModelConfig`] (the `[model]` table of a run config) and [`Network`], the potential it
-//! builds: an [`Mlp`] for points or a [`ConvNet`] for images, behind one [`Model`].
+//! builds: an [`Mlp`] for points, a [`ConvNet`] or a [`UNetVit`] for images, behind one
+//! [`Model`].
 
 use burn::tensor::{Device, Gradients, Tensor};
 use serde::{Deserialize, Serialize};
 
-use super::{Activation, ConvConfig, ConvNet, Head, HostMlp, Mlp, MlpConfig, Model, Potential};
+use super::{
+    Activation, ConvConfig, ConvNet, Head, HostMlp, Mlp, MlpConfig, Model, Potential, UNetVit,
+    UNetVitConfig,
+};
 use crate::backend::Precision;
 use crate::sampler::GradField;
 use crate::Result;
@@ -17,13 +21,15 @@ pub enum ModelKind {
     Mlp,
     /// Convolutional ([`ConvNet`]), for images (shape in `model.conv`).
     Conv,
+    /// The paper's UNet → ViT image potential ([`UNetVit`], shape in `model.unet_vit`).
+    UnetVit,
 }
 
 /// The potential network.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ModelConfig {
-    /// `mlp` or `conv`.
+    /// `mlp`, `conv` or `unet_vit`.
     pub kind: ModelKind,
     /// Input dimension D of an MLP (a conv net takes C·H·W from `conv.image`).
     pub dim: usize,
@@ -39,6 +45,9 @@ pub struct ModelConfig {
     pub energy_clamp: Option<f64>,
     /// Conv: image shape, channels and strides of the convolutions, kernel size.
     pub conv: ConvConfig,
+    /// UNet → ViT: image shape, UNet levels and attention, ViT head (SiLU in the UNet, GELU
+    /// in the ViT; `activation` does not apply).
+    pub unet_vit: UNetVitConfig,
 }
 
 impl Default for ModelConfig {
@@ -53,6 +62,7 @@ impl Default for ModelConfig {
             output_scale: m.output_scale,
             energy_clamp: m.energy_clamp,
             conv: ConvConfig::default(),
+            unet_vit: UNetVitConfig::default(),
         }
     }
 }
@@ -83,34 +93,38 @@ impl ModelConfig {
         match self.kind {
             ModelKind::Mlp => self.dim,
             ModelKind::Conv => self.conv.image.numel(),
+            ModelKind::UnetVit => self.unet_vit.image.numel(),
         }
     }
 
     /// The image shape of a conv network.
     pub fn image_shape(&self) -> Option<crate::data::ImageShape> {
-        (self.kind == ModelKind::Conv).then_some(self.conv.image)
+        match self.kind {
+            ModelKind::Mlp => None,
+            ModelKind::Conv => Some(self.conv.image),
+            ModelKind::UnetVit => Some(self.unet_vit.image),
+        }
     }
 
     /// Checks sizes and scales, naming the offending key.
     pub fn validate(&self) -> Result<()> {
         self.mlp().validate()?;
-        if self.kind == ModelKind::Conv {
-            self.conv.validate("model.conv")?;
+        match self.kind {
+            ModelKind::Mlp => {}
+            ModelKind::Conv => self.conv.validate("model.conv")?,
+            ModelKind::UnetVit => self.unet_vit.validate("model.unet_vit")?,
         }
         Ok(())
     }
 
     /// Number of trainable parameters.
     pub fn num_params(&self) -> usize {
-        match self.kind {
-            ModelKind::Mlp => self.mlp().num_params(),
-            ModelKind::Conv => self
-                .conv
-                .param_shapes()
-                .iter()
-                .map(|s| s.iter().product::<usize>())
-                .sum(),
-        }
+        let shapes = match self.kind {
+            ModelKind::Mlp => return self.mlp().num_params(),
+            ModelKind::Conv => self.conv.param_shapes(),
+            ModelKind::UnetVit => self.unet_vit.param_shapes(),
+        };
+        shapes.iter().map(|s| s.iter().product::<usize>()).sum()
     }
 
     /// Builds the network with PyTorch's default initialisation from `(seed, Init)`.
@@ -121,6 +135,13 @@ impl ModelConfig {
             ModelKind::Conv => {
                 Network::Conv(self.conv.init(self.head(), seed, device, precision)?)
             }
+            ModelKind::UnetVit => Network::UnetVit(self.unet_vit.init(
+                self.output_scale,
+                self.energy_clamp,
+                seed,
+                device,
+                precision,
+            )?),
         })
     }
 }
@@ -132,6 +153,8 @@ pub enum Network {
     Mlp(Mlp),
     /// Convolutional.
     Conv(ConvNet),
+    /// UNet → ViT.
+    UnetVit(UNetVit),
 }
 
 /// Calls the same method on whichever network is inside.
@@ -140,6 +163,7 @@ macro_rules! each {
         match $self {
             Network::Mlp($m) => $e,
             Network::Conv($m) => $e,
+            Network::UnetVit($m) => $e,
         }
     };
 }
@@ -179,6 +203,7 @@ impl Model for Network {
         match self {
             Network::Mlp(m) => Network::Mlp(m.tracked()),
             Network::Conv(m) => Network::Conv(m.tracked()),
+            Network::UnetVit(m) => Network::UnetVit(m.tracked()),
         }
     }
 
@@ -186,6 +211,7 @@ impl Model for Network {
         match self {
             Network::Mlp(m) => Network::Mlp(m.untracked()),
             Network::Conv(m) => Network::Conv(m.untracked()),
+            Network::UnetVit(m) => Network::UnetVit(m.untracked()),
         }
     }
 

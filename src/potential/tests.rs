@@ -440,3 +440,91 @@ fn conv_shapes_and_parameter_count_follow_the_config() {
     let err = cfg.validate("model.conv").unwrap_err().to_string();
     assert!(err.contains("model.conv.strides"), "{err}");
 }
+
+/// A small UNet → ViT on 2×4×4 images: two UNet levels with attention at 2×2, GroupNorm with
+/// 2 groups, a ViT with patch 2 (4 tokens), 2 heads, 1 layer. Every parameter is drawn at random
+/// (the reference's zero initialisations would hide layers from the checks).
+fn small_unet_vit(clamp: Option<f64>) -> UNetVit {
+    let cfg = UNetVitConfig {
+        image: crate::data::ImageShape {
+            channels: 2,
+            height: 4,
+            width: 4,
+        },
+        base_channels: 2,
+        channel_mult: vec![1, 2],
+        res_blocks: 1,
+        attention_resolutions: vec![2],
+        head_channels: 2,
+        groups: 2,
+        patch: 2,
+        embed_dim: 4,
+        vit_layers: 1,
+        vit_heads: 2,
+        ff_mult: 2,
+    };
+    let mut m = cfg.init(1.3, clamp, 8, &cpu(), P).unwrap();
+    let params = m
+        .param_shapes()
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let n = s.iter().product();
+            let v = randn(n, 100 + i as u64).iter().map(|v| 0.6 * v).collect();
+            vector(v, &cpu(), P)
+        })
+        .collect();
+    m.set_flat_params(params).unwrap();
+    m
+}
+
+#[test]
+fn unet_vit_input_gradient_matches_finite_differences_and_autodiff() {
+    let b = 2;
+    for clamp in [None, Some(0.9)] {
+        let m = small_unet_vit(clamp);
+        let d = m.dim();
+        let x = randn(b * d, 41);
+        check_input_gradient(&m, &x, b, &format!("unet_vit clamp {clamp:?}"));
+        let xa = matrix(x, b, d, &cpu_autodiff(), P).require_grad();
+        let grads = m.energy(xa.clone()).sum().backward();
+        let auto = to_f64_vec(xa.grad(&grads).unwrap());
+        let explicit = to_f64_vec(m.grad(xa.without_autodiff()));
+        for (a, e) in auto.iter().zip(&explicit) {
+            assert!((a - e).abs() < 1e-11 * a.abs().max(1.0), "{a} vs {e}");
+        }
+    }
+}
+
+#[test]
+fn unet_vit_parameter_gradient_of_a_loss_on_grad_v_matches_finite_differences() {
+    let m = small_unet_vit(Some(2.5));
+    let b = 2;
+    let (x, c) = (randn(b * m.dim(), 42), randn(b * m.dim(), 43));
+    check_parameter_gradient(&m, &x, &c, b, "unet_vit");
+}
+
+#[test]
+fn unet_vit_reference_networks_have_the_paper_sizes() {
+    // the paper: ≈2M parameters for MNIST, ≈50M for CIFAR-10
+    let mnist = crate::potential::ModelConfig {
+        kind: crate::potential::ModelKind::UnetVit,
+        ..Default::default()
+    };
+    let n = mnist.num_params();
+    assert!((1_500_000..2_600_000).contains(&n), "MNIST: {n}");
+    let cifar = UNetVitConfig::cifar10();
+    let n: usize = cifar.param_shapes().iter().map(|s| s.iter().product::<usize>()).sum();
+    assert!((40_000_000..60_000_000).contains(&n), "CIFAR-10: {n}");
+    let m = small_unet_vit(None);
+    let names = m.param_names();
+    assert_eq!(names.len(), m.param_shapes().len());
+    let unique: std::collections::BTreeSet<_> = names.iter().collect();
+    assert_eq!(unique.len(), names.len(), "duplicate parameter names");
+    let bad = UNetVitConfig {
+        patch: 3,
+        ..UNetVitConfig::default()
+    };
+    let err = bad.validate("model.unet_vit").unwrap_err().to_string();
+    assert!(err.contains("model.unet_vit.patch"), "{err}");
+}
