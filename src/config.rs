@@ -401,4 +401,22 @@ mod tests {
             .to_string();
         assert!(e.contains("key=value"), "{e}");
     }
+
+    #[test]
+    fn every_shipped_config_parses_validates_and_round_trips() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                let c = RunConfig::load(Some(&path), &[])
+                    .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                c.validate()
+                    .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                assert_eq!(RunConfig::from_toml_str(&c.to_toml(), &[]).unwrap(), c);
+                seen += 1;
+            }
+        }
+        assert!(seen >= 10, "found {seen} configs");
+    }
 }

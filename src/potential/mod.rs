@@ -122,7 +122,10 @@ pub(crate) fn tracked_params<const D: usize>(params: &[Tensor<D>]) -> Vec<Tensor
 
 /// Copies of parameters without autodiff.
 pub(crate) fn untracked_params<const D: usize>(params: &[Tensor<D>]) -> Vec<Tensor<D>> {
-    params.iter().map(|p| p.clone().without_autodiff()).collect()
+    params
+        .iter()
+        .map(|p| p.clone().without_autodiff())
+        .collect()
 }
 
 /// Checks flattened parameters against a model's canonical names and shapes (`what` names the

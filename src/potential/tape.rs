@@ -242,7 +242,11 @@ impl Tape {
     pub fn linear(&mut self, x: &Var, weight: Tensor<2>, bias: Option<Tensor<1>>) -> Var {
         let [a, b, n, d_in] = x.dims();
         let d_out = weight.dims()[1];
-        let mut y = x.value.clone().reshape([a * b * n, d_in]).matmul(weight.clone());
+        let mut y = x
+            .value
+            .clone()
+            .reshape([a * b * n, d_in])
+            .matmul(weight.clone());
         if let Some(bias) = bias {
             y = y + bias.reshape([1, d_out]);
         }
@@ -298,14 +302,22 @@ mod tests {
     }
 
     fn t4(values: Vec<f64>, shape: [usize; 4], dev: &Device) -> Tensor<4> {
-        Tensor::from_data(TensorData::new(values, shape), (dev, Precision::F64.dtype()))
+        Tensor::from_data(
+            TensorData::new(values, shape),
+            (dev, Precision::F64.dtype()),
+        )
     }
 
     /// An op under test: builds its output from the input and a parameter tensor.
     type Op = dyn Fn(&mut Tape, &Var, Tensor<4>) -> Var;
 
     /// f(x, θ) = Σ c ⊙ op(x; θ): its tape gradient, and a loss on that gradient.
-    fn value_and_grad(op: &Op, x: Tensor<4>, theta: Tensor<4>, c: Tensor<4>) -> (Tensor<1>, Tensor<4>) {
+    fn value_and_grad(
+        op: &Op,
+        x: Tensor<4>,
+        theta: Tensor<4>,
+        c: Tensor<4>,
+    ) -> (Tensor<1>, Tensor<4>) {
         let mut tape = Tape::new();
         let xv = tape.input(x);
         let y = op(&mut tape, &xv, theta);
@@ -316,7 +328,13 @@ mod tests {
 
     /// Checks an op's VJP against central differences of Σ c ⊙ op, and the θ-gradient of the loss
     /// L = Σ d ⊙ ∇ₓf + ½‖∇ₓf‖² (autodiff through the VJP) against central differences in θ.
-    fn check_op(label: &str, op: &Op, x_shape: [usize; 4], theta_shape: [usize; 4], out_len: usize) {
+    fn check_op(
+        label: &str,
+        op: &Op,
+        x_shape: [usize; 4],
+        theta_shape: [usize; 4],
+        out_len: usize,
+    ) {
         let dev = cpu();
         let nx: usize = x_shape.iter().product();
         let nt: usize = theta_shape.iter().product();
@@ -347,17 +365,29 @@ mod tests {
             xp[k] += h;
             xm[k] -= h;
             let fd = (f_at(&xp) - f_at(&xm)) / (2.0 * h);
-            assert!((g[k] - fd).abs() < 1e-6 * fd.abs().max(1.0), "{label} ∂x[{k}]: {} vs {fd}", g[k]);
+            assert!(
+                (g[k] - fd).abs() < 1e-6 * fd.abs().max(1.0),
+                "{label} ∂x[{k}]: {} vs {fd}",
+                g[k]
+            );
         }
         // the loss on the gradient, differentiated in θ by autodiff through the VJP
         let loss = |theta: Tensor<4>, dev: &Device| {
-            let (_, g) = value_and_grad(op, t4(x.clone(), x_shape, dev), theta, t4(c.clone(), c_shape, dev));
+            let (_, g) = value_and_grad(
+                op,
+                t4(x.clone(), x_shape, dev),
+                theta,
+                t4(c.clone(), c_shape, dev),
+            );
             let dt = t4(d.clone(), x_shape, dev);
             (g.clone() * dt).sum() + g.powi_scalar(2).sum() * 0.5
         };
         let th = t4(theta.clone(), theta_shape, &cpu_autodiff()).require_grad();
         let grads = loss(th.clone(), &cpu_autodiff()).backward();
-        let ana = th.grad(&grads).map(to_f64_vec).unwrap_or_else(|| vec![0.0; nt]);
+        let ana = th
+            .grad(&grads)
+            .map(to_f64_vec)
+            .unwrap_or_else(|| vec![0.0; nt]);
         for k in 0..nt {
             let at = |delta: f64| {
                 let mut v = theta.clone();
@@ -365,29 +395,50 @@ mod tests {
                 scalar(loss(t4(v, theta_shape, &dev), &dev))
             };
             let fd = (at(h) - at(-h)) / (2.0 * h);
-            assert!((ana[k] - fd).abs() < 1e-6 * fd.abs().max(1.0), "{label} ∂θ[{k}]: {} vs {fd}", ana[k]);
+            assert!(
+                (ana[k] - fd).abs() < 1e-6 * fd.abs().max(1.0),
+                "{label} ∂θ[{k}]: {} vs {fd}",
+                ana[k]
+            );
         }
     }
 
     #[test]
     fn conv2d_vjp_and_its_parameter_gradient_match_finite_differences() {
         // odd and even sizes, stride 1 and 2 (output padding), 3×3 and 1×1 kernels
-        for (shape, stride, k, pad) in [([2, 2, 5, 6], 1, 3, 1), ([1, 2, 5, 6], 2, 3, 1), ([1, 2, 4, 4], 2, 2, 0), ([1, 2, 3, 3], 1, 1, 0)] {
+        for (shape, stride, k, pad) in [
+            ([2, 2, 5, 6], 1, 3, 1),
+            ([1, 2, 5, 6], 2, 3, 1),
+            ([1, 2, 4, 4], 2, 2, 0),
+            ([1, 2, 3, 3], 1, 1, 0),
+        ] {
             let [b, _, h, w] = shape;
-            let (ho, wo) = ((h + 2 * pad - k) / stride + 1, (w + 2 * pad - k) / stride + 1);
+            let (ho, wo) = (
+                (h + 2 * pad - k) / stride + 1,
+                (w + 2 * pad - k) / stride + 1,
+            );
             let op = move |t: &mut Tape, x: &Var, th: Tensor<4>| {
                 let th = th.reshape([3, 2, k, k]);
                 let y = t.conv2d(x, th, None, stride, pad);
                 // a nonlinearity after the conv makes the θ-gradient of the loss non-trivial
                 t.activation(&y, Activation::Silu)
             };
-            check_op(&format!("conv s{stride} k{k}"), &op, shape, [3, 2, k, k], b * 3 * ho * wo);
+            check_op(
+                &format!("conv s{stride} k{k}"),
+                &op,
+                shape,
+                [3, 2, k, k],
+                b * 3 * ho * wo,
+            );
         }
     }
 
     #[test]
     fn activation_vjp_matches_finite_differences() {
-        for act in Activation::ALL.into_iter().filter(|a| *a != Activation::Relu) {
+        for act in Activation::ALL
+            .into_iter()
+            .filter(|a| *a != Activation::Relu)
+        {
             let op = move |t: &mut Tape, x: &Var, th: Tensor<4>| {
                 let y = t.scale_shift(x, Some(th.clone()), th);
                 t.activation(&y, act)
@@ -442,7 +493,13 @@ mod tests {
             let s = t.add(&r, &r);
             t.activation(&s, Activation::Silu)
         };
-        check_op("upsample/cat/reshape/swap/add", &op, [1, 2, 3, 2], [1, 2, 1, 1], 96);
+        check_op(
+            "upsample/cat/reshape/swap/add",
+            &op,
+            [1, 2, 3, 2],
+            [1, 2, 1, 1],
+            96,
+        );
     }
 
     #[test]

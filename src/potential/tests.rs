@@ -504,6 +504,36 @@ fn unet_vit_parameter_gradient_of_a_loss_on_grad_v_matches_finite_differences() 
     check_parameter_gradient(&m, &x, &c, b, "unet_vit");
 }
 
+/// The tiny network of [`small_unet_vit`]'s shape with the weights, inputs, V and ∇ₓV that
+/// `bench/torch_unet_vit.py fixture` computed in float64 with PyTorch (its ViT head runs on
+/// `nn.TransformerEncoderLayer`, its gradient is torch autograd).
+#[test]
+fn unet_vit_matches_the_pytorch_twin_on_a_recorded_fixture() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/unet_vit_tiny.safetensors");
+    let file = crate::tensor_file::TensorFile::read(&path).unwrap();
+    let mut m = small_unet_vit(Some(2.5));
+    let params = m
+        .param_names()
+        .iter()
+        .map(|n| vector(file.f64(&format!("param.{n}")).unwrap().1, &cpu(), P))
+        .collect();
+    m.set_flat_params(params).unwrap();
+    let (_, x) = file.f64("x").unwrap();
+    let b = x.len() / m.dim();
+    let (v, g) = m.energy_and_grad(matrix(x, b, m.dim(), &cpu(), P));
+    for (name, ours) in [("v", to_f64_vec(v)), ("grad", to_f64_vec(g))] {
+        let (_, theirs) = file.f64(name).unwrap();
+        assert_eq!(ours.len(), theirs.len());
+        for (a, t) in ours.iter().zip(&theirs) {
+            assert!(
+                (a - t).abs() < 1e-10 * t.abs().max(1.0),
+                "{name}: {a} vs {t}"
+            );
+        }
+    }
+}
+
 #[test]
 fn unet_vit_reference_networks_have_the_paper_sizes() {
     // the paper: ≈2M parameters for MNIST, ≈50M for CIFAR-10
@@ -514,7 +544,11 @@ fn unet_vit_reference_networks_have_the_paper_sizes() {
     let n = mnist.num_params();
     assert!((1_500_000..2_600_000).contains(&n), "MNIST: {n}");
     let cifar = UNetVitConfig::cifar10();
-    let n: usize = cifar.param_shapes().iter().map(|s| s.iter().product::<usize>()).sum();
+    let n: usize = cifar
+        .param_shapes()
+        .iter()
+        .map(|s| s.iter().product::<usize>())
+        .sum();
     assert!((40_000_000..60_000_000).contains(&n), "CIFAR-10: {n}");
     let m = small_unet_vit(None);
     let names = m.param_names();

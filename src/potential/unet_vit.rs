@@ -162,7 +162,10 @@ impl UNetVitConfig {
         if self.patch == 0 || s.height % self.patch != 0 || s.width % self.patch != 0 {
             return bad(
                 "patch",
-                format!("expected a divisor of the image sides of {s}, found {}", self.patch),
+                format!(
+                    "expected a divisor of the image sides of {s}, found {}",
+                    self.patch
+                ),
             );
         }
         if self.vit_heads == 0 || self.embed_dim == 0 || self.embed_dim % self.vit_heads != 0 {
@@ -256,9 +259,21 @@ impl Registry {
     }
 
     /// A k×k convolution (PyTorch default init, or all zeros).
-    fn conv(&mut self, name: &str, c_in: usize, c_out: usize, k: usize, stride: usize, zero: bool) -> Conv {
+    fn conv(
+        &mut self,
+        name: &str,
+        c_in: usize,
+        c_out: usize,
+        k: usize,
+        stride: usize,
+        zero: bool,
+    ) -> Conv {
         let bound = 1.0 / ((c_in * k * k) as f64).sqrt();
-        let init = if zero { Init::Const(0.0) } else { Init::Uniform(bound) };
+        let init = if zero {
+            Init::Const(0.0)
+        } else {
+            Init::Uniform(bound)
+        };
         Conv {
             weight: self.add(format!("{name}.weight"), vec![c_out, c_in, k, k], init),
             bias: self.add(format!("{name}.bias"), vec![c_out], init),
@@ -271,7 +286,14 @@ impl Registry {
     }
 
     /// A linear map with weight `[in, out]`.
-    fn linear(&mut self, name: &str, d_in: usize, d_out: usize, weight: Init, bias: Init) -> Linear {
+    fn linear(
+        &mut self,
+        name: &str,
+        d_in: usize,
+        d_out: usize,
+        weight: Init,
+        bias: Init,
+    ) -> Linear {
         Linear {
             weight: self.add(format!("{name}.weight"), vec![d_in, d_out], weight),
             bias: self.add(format!("{name}.bias"), vec![d_out], bias),
@@ -410,11 +432,15 @@ impl Plan {
                 conv1: r.conv(&format!("{name}.conv1"), c_in, c_out, 3, 1, false),
                 norm2: r.norm(&format!("{name}.norm2"), c_out, g),
                 conv2: r.conv(&format!("{name}.conv2"), c_out, c_out, 3, 1, true),
-                skip: (c_in != c_out).then(|| r.conv(&format!("{name}.skip"), c_in, c_out, 1, 1, false)),
+                skip: (c_in != c_out)
+                    .then(|| r.conv(&format!("{name}.skip"), c_in, c_out, 1, 1, false)),
             })
         };
         let attn = |r: &mut Registry, name: &str, c: usize| {
-            Block::Attn(r.norm(&format!("{name}.norm"), c, g), r.attention(name, c, heads(c), false))
+            Block::Attn(
+                r.norm(&format!("{name}.norm"), c, g),
+                r.attention(name, c, heads(c), false),
+            )
         };
 
         let input_conv = r.conv("unet.input", cfg.image.channels, base, 3, 1, false);
@@ -434,7 +460,14 @@ impl Plan {
                 skips.push(ch);
             }
             if level + 1 < levels {
-                encoder.push(vec![Block::Down(r.conv(&format!("unet.down.{level}.downsample"), ch, ch, 3, 2, false))]);
+                encoder.push(vec![Block::Down(r.conv(
+                    &format!("unet.down.{level}.downsample"),
+                    ch,
+                    ch,
+                    3,
+                    2,
+                    false,
+                ))]);
                 skips.push(ch);
                 ds *= 2;
             }
@@ -455,7 +488,14 @@ impl Plan {
                     stage.push(attn(&mut r, &format!("{name}.attn"), ch));
                 }
                 if level > 0 && i == cfg.res_blocks {
-                    stage.push(Block::Up(r.conv(&format!("{name}.upsample"), ch, ch, 3, 1, false)));
+                    stage.push(Block::Up(r.conv(
+                        &format!("{name}.upsample"),
+                        ch,
+                        ch,
+                        3,
+                        1,
+                        false,
+                    )));
                     ds /= 2;
                 }
                 decoder.push(stage);
@@ -663,9 +703,13 @@ impl UNetVit {
     fn energies(&self, out: &Var, with_derivative: bool) -> (Tensor<1>, Option<Tensor<4>>) {
         let [b, _, n, _] = out.dims();
         let flat: Tensor<2> = out.value.clone().reshape([b * n, 1]);
-        let (v, d) = super::output_head(flat, self.output_scale, self.energy_clamp, with_derivative);
+        let (v, d) =
+            super::output_head(flat, self.output_scale, self.energy_clamp, with_derivative);
         let v: Tensor<2> = v.reshape([b, n]);
-        (v.sum_dim(1).reshape([b]), d.map(|d| d.reshape([b, 1, n, 1])))
+        (
+            v.sum_dim(1).reshape([b]),
+            d.map(|d| d.reshape([b, 1, n, 1])),
+        )
     }
 }
 
