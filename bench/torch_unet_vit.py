@@ -284,8 +284,13 @@ def bench(args):
         return g
 
     n_params = sum(int(np.prod(s)) for s in net.shapes.values())
-    p1 = median_ms(args.reps, phase1)
-    gv = median_ms(args.reps, grad_v)
+    # PyTorch's fused CPU attention kernels have no double backward
+    # ("derivative for aten::_scaled_dot_product_flash_attention_for_cpu_backward is not
+    # implemented"), so the create_graph step needs the plain math kernel.
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    with sdpa_kernel(SDPBackend.MATH):
+        p1 = median_ms(args.reps, phase1)
+        gv = median_ms(args.reps, grad_v)
     print(json.dumps(dict(net=args.net, params=n_params, batch=b, threads=args.threads,
                           phase1_ms=p1, grad_ms=gv, torch=torch.__version__)))
 

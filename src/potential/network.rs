@@ -135,13 +135,13 @@ impl ModelConfig {
             ModelKind::Conv => {
                 Network::Conv(self.conv.init(self.head(), seed, device, precision)?)
             }
-            ModelKind::UnetVit => Network::UnetVit(self.unet_vit.init(
+            ModelKind::UnetVit => Network::UnetVit(Box::new(self.unet_vit.init(
                 self.output_scale,
                 self.energy_clamp,
                 seed,
                 device,
                 precision,
-            )?),
+            )?)),
         })
     }
 }
@@ -154,7 +154,7 @@ pub enum Network {
     /// Convolutional.
     Conv(ConvNet),
     /// UNet → ViT.
-    UnetVit(UNetVit),
+    UnetVit(Box<UNetVit>),
 }
 
 /// Calls the same method on whichever network is inside.
@@ -203,7 +203,7 @@ impl Model for Network {
         match self {
             Network::Mlp(m) => Network::Mlp(m.tracked()),
             Network::Conv(m) => Network::Conv(m.tracked()),
-            Network::UnetVit(m) => Network::UnetVit(m.tracked()),
+            Network::UnetVit(m) => Network::UnetVit(Box::new(m.tracked())),
         }
     }
 
@@ -211,7 +211,7 @@ impl Model for Network {
         match self {
             Network::Mlp(m) => Network::Mlp(m.untracked()),
             Network::Conv(m) => Network::Conv(m.untracked()),
-            Network::UnetVit(m) => Network::UnetVit(m.untracked()),
+            Network::UnetVit(m) => Network::UnetVit(Box::new(m.untracked())),
         }
     }
 

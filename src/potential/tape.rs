@@ -120,6 +120,14 @@ impl Tape {
         self.push(
             y,
             Box::new(move |g| {
+                if stride == 1 && 2 * padding + 1 == k {
+                    // a "same" stride-1 convolution's VJP is the convolution with the kernel
+                    // flipped in space and transposed in channels (faster than the scatter
+                    // of a transposed convolution)
+                    let flipped = weight.flip([2, 3]).swap_dims(0, 1);
+                    let opts = ConvOptions::new([1, 1], [padding, padding], [1, 1], 1);
+                    return vec![(id, conv2d(g, flipped, None, opts))];
+                }
                 let opts = ConvTransposeOptions::new(
                     [stride, stride],
                     [padding, padding],

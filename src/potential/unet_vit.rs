@@ -126,7 +126,11 @@ impl UNetVitConfig {
             );
         }
         let factor = 1usize << (levels - 1);
-        if s.channels == 0 || s.height % factor != 0 || s.width % factor != 0 || s.height == 0 {
+        if s.channels == 0
+            || !s.height.is_multiple_of(factor)
+            || !s.width.is_multiple_of(factor)
+            || s.height == 0
+        {
             return bad(
                 "image",
                 format!(
@@ -135,7 +139,10 @@ impl UNetVitConfig {
                 ),
             );
         }
-        if self.groups == 0 || self.base_channels == 0 || self.base_channels % self.groups != 0 {
+        if self.groups == 0
+            || self.base_channels == 0
+            || !self.base_channels.is_multiple_of(self.groups)
+        {
             return bad(
                 "base_channels",
                 format!(
@@ -152,14 +159,17 @@ impl UNetVitConfig {
         }
         for m in &self.channel_mult {
             let c = m * self.base_channels;
-            if c >= self.head_channels && c % self.head_channels != 0 {
+            if c >= self.head_channels && !c.is_multiple_of(self.head_channels) {
                 return bad(
                     "head_channels",
                     format!("expected a divisor of every level's channels, found {c} channels"),
                 );
             }
         }
-        if self.patch == 0 || s.height % self.patch != 0 || s.width % self.patch != 0 {
+        if self.patch == 0
+            || !s.height.is_multiple_of(self.patch)
+            || !s.width.is_multiple_of(self.patch)
+        {
             return bad(
                 "patch",
                 format!(
@@ -168,7 +178,10 @@ impl UNetVitConfig {
                 ),
             );
         }
-        if self.vit_heads == 0 || self.embed_dim == 0 || self.embed_dim % self.vit_heads != 0 {
+        if self.vit_heads == 0
+            || self.embed_dim == 0
+            || !self.embed_dim.is_multiple_of(self.vit_heads)
+        {
             return bad(
                 "vit_heads",
                 format!(

@@ -1,6 +1,8 @@
-//! `em bench`: wall-clock medians of the hot paths on this machine, as a Markdown table.
+//! `em bench`: wall-clock medians of the hot paths on this machine, as a Markdown table: the toy
+//! tutorial's (default) or an image network's (`--net CONFIG`).
 //! Thread count: `--threads` (the global rayon pool; `RAYON_NUM_THREADS` does the same).
 
+use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::Result;
@@ -30,6 +32,14 @@ pub struct BenchArgs {
     /// Phase-2 steps to time (each runs 200 Langevin steps).
     #[arg(long, default_value_t = 5)]
     phase2_reps: usize,
+    /// Time this run config's network instead of the toy tutorial (e.g.
+    /// configs/mnist_unet_vit.toml): phase-1 and phase-2 training steps, one ∇V evaluation and
+    /// sampler throughput, on standard-normal "images" of the config's shape.
+    #[arg(long)]
+    net: Option<PathBuf>,
+    /// Batch size for `--net` (training batch, Langevin chains and sampler block).
+    #[arg(long, default_value_t = 16)]
+    batch: usize,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -61,8 +71,96 @@ pub fn run(a: BenchArgs) -> Result<()> {
         .threads
         .map(|t| t.to_string())
         .unwrap_or_else(|| "all".into());
-    let mut rows: Vec<(String, f64, String)> = Vec::new();
+    let rows = match &a.net {
+        Some(path) => net_rows(path, &a)?,
+        None => toy_rows(&a)?,
+    };
+    println!("| measurement (threads: {threads}) | value | unit |");
+    println!("|---|---:|---|");
+    for (name, v, unit) in rows {
+        println!("| {name} | {v:.3} | {unit} |");
+    }
+    Ok(())
+}
 
+type Rows = Vec<(String, f64, String)>;
+
+/// An image network from a run config: training steps through the real [`Trainer`] (data
+/// replaced by standard-normal draws of the same shape), ∇V, and the sampler.
+fn net_rows(path: &std::path::Path, a: &BenchArgs) -> Result<Rows> {
+    let b = a.batch.to_string();
+    let cfg = RunConfig::load(
+        Some(path),
+        &[
+            "data.target=\"standard_normal\"".into(),
+            format!("train.batch_size={b}"),
+            format!("sample.chunk={b}"),
+        ],
+    )?;
+    let model = cfg.model.init(0, &cpu(), Precision::F32)?;
+    let name = path.file_stem().map(|s| s.to_string_lossy()).unwrap_or_default();
+    let what = format!("{name}, {} parameters, batch {b}", model.num_params());
+    let mut rows = Rows::new();
+    let mut trainer = trainer_for(&cfg, Trainer::fresh_state(model.clone(), &cfg.optim))?;
+    let ms = time_ms(a.reps, || {
+        trainer.step().expect("benchmark step");
+    });
+    rows.push((format!("phase-1 step ({what})"), ms, "ms".into()));
+    trainer.train.phase1_steps = 0;
+    let ms = time_ms(a.phase2_reps, || {
+        trainer.step().expect("benchmark step");
+    });
+    let gibbs = cfg.negatives.n_gibbs;
+    rows.push((
+        format!("phase-2 step (+ {gibbs} Langevin steps on {b} negatives)"),
+        ms,
+        "ms".into(),
+    ));
+    let mut r = stream(3, Purpose::Eval, 0);
+    let x = from_points(
+        &Toy::StandardNormal.sample(a.batch, model.dim(), &mut r),
+        &cpu(),
+        Precision::F32,
+    );
+    let ms = time_ms(a.reps, || {
+        std::hint::black_box(model.grad(x.clone()));
+    });
+    rows.push((format!("∇V, batch {b}"), ms, "ms".into()));
+    let steps = 4;
+    let sc = SamplerConfig {
+        t_end: steps as f64 * cfg.sample.dt,
+        ..cfg.sample.clone()
+    };
+    let dim = model.dim();
+    let src = move |r: &mut energy_matching::rng::Rng| {
+        Toy::StandardNormal.sample(1, dim, r).into_vec()
+    };
+    let req = SampleRequest {
+        config: &sc,
+        schedule: cfg.schedule,
+        source: &src,
+        n: a.batch,
+        seed: 0,
+        first_index: 0,
+    };
+    let field = model.host_field()?;
+    let drift = Drift::new(field.as_ref());
+    let ms = time_ms(a.phase2_reps, || {
+        std::hint::black_box(sample(&drift, &req, &|_, _, _, _| {}).expect("samples"));
+    }) / steps as f64;
+    rows.push((format!("sampler step ({:?}), batch {b}", cfg.sample.kind), ms, "ms".into()));
+    let full = (cfg.sample.t_end / cfg.sample.dt).round();
+    rows.push((
+        format!("  = images/s at T = {} ({full} steps)", cfg.sample.t_end),
+        a.batch as f64 / (ms * full) * 1e3,
+        "images/s".into(),
+    ));
+    Ok(rows)
+}
+
+/// The toy tutorial: exact OT, MLP training steps, the fused sampler kernel.
+fn toy_rows(a: &BenchArgs) -> Result<Rows> {
+    let mut rows = Rows::new();
     for n in [128usize, 256, 1024] {
         let mut r = stream(1, Purpose::Eval, n as u64);
         let x0 = Toy::StandardNormal.sample(n, 2, &mut r);
@@ -176,11 +274,5 @@ pub fn run(a: BenchArgs) -> Result<()> {
         1024.0 * 100.0 / ms * 1e3,
         "point-steps/s".into(),
     ));
-
-    println!("| measurement (threads: {threads}) | value | unit |");
-    println!("|---|---:|---|");
-    for (name, v, unit) in rows {
-        println!("| {name} | {v:.3} | {unit} |");
-    }
-    Ok(())
+    Ok(rows)
 }
