@@ -2,8 +2,12 @@
 //! host [`Points`] become tensors and back.
 //!
 //! burn 0.22 has no backend type parameter: a tensor carries its device, its dtype and whether
-//! autodiff records it. Training uses `Device::flex().autodiff()`; sampling, evaluation and
-//! the Langevin negatives use the plain device (no tape at all).
+//! autodiff records it. Tensor work (the conv and UNet-ViT potentials, autodiff training steps,
+//! FID's Inception) runs on [`compute`]: burn's pure-Rust `flex` CPU backend unless a GPU was
+//! chosen with [`select`] (cargo features `wgpu`, `vulkan`, `cuda`; see BENCHMARKS.md for what
+//! builds and runs where). The fused MLP kernels always run on the host. Tests use [`cpu`].
+
+use std::sync::OnceLock;
 
 use burn::tensor::{DType, Device, Tensor, TensorData};
 
@@ -17,6 +21,100 @@ pub fn cpu() -> Device {
 /// The same device with first-order autodiff enabled.
 pub fn cpu_autodiff() -> Device {
     Device::flex().autodiff()
+}
+
+/// Where tensor computations run (`em --device`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Accelerator {
+    /// burn's `flex` CPU backend (always built).
+    #[default]
+    Cpu,
+    /// burn's wgpu backend on the best adapter wgpu finds (cargo feature `wgpu`).
+    Wgpu,
+    /// burn's wgpu backend pinned to Vulkan (cargo feature `vulkan`).
+    Vulkan,
+    /// burn's CUDA backend (cargo feature `cuda`; needs network at build time).
+    Cuda,
+}
+
+impl Accelerator {
+    /// All choices, for help texts.
+    pub const ALL: [Accelerator; 4] = [
+        Accelerator::Cpu,
+        Accelerator::Wgpu,
+        Accelerator::Vulkan,
+        Accelerator::Cuda,
+    ];
+
+    /// The name used on the command line and in cargo features.
+    pub fn name(self) -> &'static str {
+        match self {
+            Accelerator::Cpu => "cpu",
+            Accelerator::Wgpu => "wgpu",
+            Accelerator::Vulkan => "vulkan",
+            Accelerator::Cuda => "cuda",
+        }
+    }
+
+    /// The burn device, or an error naming the cargo feature this build lacks.
+    pub fn device(self) -> Result<Device> {
+        let missing = || {
+            Err(EmError::invalid(
+                "device",
+                format!(
+                    "a build with the `{0}` backend (cargo build --release --features {0})",
+                    self.name()
+                ),
+                format!("`{}` in a build without it", self.name()),
+            ))
+        };
+        match self {
+            Accelerator::Cpu => Ok(Device::flex()),
+            #[cfg(feature = "wgpu")]
+            Accelerator::Wgpu => Ok(Device::wgpu(burn::tensor::DeviceKind::default())),
+            #[cfg(feature = "vulkan")]
+            Accelerator::Vulkan => Ok(Device::vulkan(burn::tensor::DeviceKind::default())),
+            #[cfg(feature = "cuda")]
+            Accelerator::Cuda => Ok(Device::cuda(0)),
+            #[allow(unreachable_patterns)]
+            _ => missing(),
+        }
+    }
+}
+
+impl std::str::FromStr for Accelerator {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        Accelerator::ALL
+            .into_iter()
+            .find(|a| a.name() == s.to_ascii_lowercase())
+            .ok_or_else(|| format!("expected one of cpu, wgpu, vulkan, cuda; found `{s}`"))
+    }
+}
+
+static SELECTED: OnceLock<Device> = OnceLock::new();
+
+/// Chooses the device of [`compute`] for the rest of the process (once, before any tensor work).
+pub fn select(accelerator: Accelerator) -> Result<()> {
+    let device = accelerator.device()?;
+    if SELECTED.set(device.clone()).is_err() && SELECTED.get() != Some(&device) {
+        return Err(EmError::invalid(
+            "device",
+            "one device per process",
+            format!("a second choice, `{}`", accelerator.name()),
+        ));
+    }
+    Ok(())
+}
+
+/// The device tensor work runs on: the one [`select`]ed, else the `flex` CPU backend.
+pub fn compute() -> Device {
+    SELECTED.get().cloned().unwrap_or_else(Device::flex)
+}
+
+/// [`compute`] with first-order autodiff enabled.
+pub fn compute_autodiff() -> Device {
+    compute().autodiff()
 }
 
 /// Float precision of a model or computation.

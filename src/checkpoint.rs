@@ -159,7 +159,7 @@ pub fn load<M: Model>(path: &Path, template: &M) -> Result<(TrainerState<M>, Che
         .map_err(|e| ck_err(format!("corrupt safetensors file: {e}")))?;
     let names = template.param_names();
     let shapes = template.param_shapes();
-    let device = crate::backend::cpu();
+    let device = crate::backend::compute();
     let read_group = |prefix: &str| -> Result<Vec<Tensor<1>>> {
         names
             .iter()

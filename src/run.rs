@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use crate::backend::cpu;
+use crate::backend::compute;
 use crate::checkpoint::{self, CheckpointMeta};
 use crate::config::RunConfig;
 use crate::data::{write_points, DataSource};
@@ -176,7 +176,7 @@ pub fn config_from_checkpoint(path: &Path, overrides: &[String]) -> Result<RunCo
 /// checkpoint's config and whether EMA weights were used.
 pub fn load_model(path: &Path, ema: bool) -> Result<(Network, RunConfig, bool)> {
     let cfg = config_from_checkpoint(path, &[])?;
-    let template = cfg.model.init(cfg.seed, &cpu(), cfg.precision)?;
+    let template = cfg.model.init(cfg.seed, &compute(), cfg.precision)?;
     let (state, _) = checkpoint::load(path, &template)?;
     let mut model = state.model;
     let used_ema = ema && state.ema.is_some();
@@ -207,7 +207,7 @@ pub fn train(
     let rd = RunDir(dir.to_path_buf());
     std::fs::create_dir_all(rd.checkpoints()).map_err(|e| EmError::io(rd.checkpoints(), e))?;
     checkpoint::write_atomic(&rd.config(), cfg.to_toml().as_bytes())?;
-    let device = cpu();
+    let device = compute();
     let template = cfg.model.init(cfg.seed, &device, cfg.precision)?;
     let (state, mut last_good) = match resume {
         Some(p) => {

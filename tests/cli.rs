@@ -384,22 +384,15 @@ fn write_tiny_images(dir: &Path, n: u32) {
     std::fs::write(dir.join("train-images-idx3-ubyte"), bytes).unwrap();
 }
 
-#[test]
-fn an_image_run_trains_a_conv_potential_and_writes_sample_grids() {
-    let d = tempfile::tempdir().unwrap();
-    write_tiny_images(d.path(), 24);
-    let cfg = write_config(
-        d.path(),
+/// A tiny image run on the 6×6 images of [`write_tiny_images`] in `dir`, with the given
+/// `[model]` tables.
+fn image_run_config(dir: &Path, model: &str) -> PathBuf {
+    write_config(
+        dir,
         &format!(
             r#"
 seed = 1
-[model]
-kind = "conv"
-output_scale = 2.0
-[model.conv]
-image = {{ channels = 1, height = 6, width = 6 }}
-channels = [4, 4]
-strides = [1, 2]
+{}
 [data]
 target = "mnist:{}"
 source = "standard_normal"
@@ -433,9 +426,27 @@ projections = 10
 every = 1
 checkpoint_every = 4
 "#,
-            s(d.path())
+            model,
+            s(dir)
         ),
-    );
+    )
+}
+
+const CONV_MODEL: &str = r#"
+[model]
+kind = "conv"
+output_scale = 2.0
+[model.conv]
+image = { channels = 1, height = 6, width = 6 }
+channels = [4, 4]
+strides = [1, 2]
+"#;
+
+#[test]
+fn an_image_run_trains_a_conv_potential_and_writes_sample_grids() {
+    let d = tempfile::tempdir().unwrap();
+    write_tiny_images(d.path(), 24);
+    let cfg = image_run_config(d.path(), CONV_MODEL);
     let run = d.path().join("run");
     let out = ok(&["train", "--config", s(&cfg), "--out", s(&run)]);
     assert!(out.contains("energy distance²"), "{out}");
@@ -473,4 +484,59 @@ checkpoint_every = 4
         let evo = image::open(run.join("evolution.png")).unwrap();
         assert_eq!(evo.width(), 2 + 8 * 14, "redrawn: {redraw}");
     }
+}
+
+#[test]
+fn unet_vit_and_pixel_mlp_potentials_train_on_images() {
+    let d = tempfile::tempdir().unwrap();
+    write_tiny_images(d.path(), 24);
+    let unet_vit = r#"
+[model]
+kind = "unet_vit"
+output_scale = 2.0
+[model.unet_vit]
+image = { channels = 1, height = 6, width = 6 }
+base_channels = 4
+channel_mult = [1, 2]
+res_blocks = 1
+attention_resolutions = [3]
+head_channels = 4
+groups = 2
+patch = 3
+embed_dim = 8
+vit_layers = 1
+vit_heads = 2
+ff_mult = 2
+"#;
+    let mlp = r#"
+[model]
+kind = "mlp"
+dim = 36
+image = { channels = 1, height = 6, width = 6 }
+hidden = [16, 16]
+"#;
+    for (name, model) in [("unet_vit", unet_vit), ("mlp", mlp)] {
+        let cfg = image_run_config(d.path(), model);
+        let run = d.path().join(name);
+        let out = ok(&["train", "--config", s(&cfg), "--out", s(&run)]);
+        assert!(out.contains("energy distance²"), "{name}: {out}");
+        for f in ["samples.png", "evolution.png", "energy_hist.png"] {
+            assert!(run.join(f).exists(), "{name}: missing {f}");
+        }
+        let samples = energy_matching::data::read_points(&run.join("samples.npy")).unwrap();
+        assert_eq!((samples.len(), samples.dim()), (12, 36), "{name}");
+    }
+    // an image shape that disagrees with model.dim is named
+    let cfg = image_run_config(d.path(), &mlp.replace("dim = 36", "dim = 30"));
+    let err = fails(&[
+        "train",
+        "--config",
+        s(&cfg),
+        "--out",
+        s(&d.path().join("bad")),
+    ]);
+    assert!(err.contains("model.image"), "{err}");
+    // a GPU backend this build lacks is refused with the cargo feature to enable
+    let err = fails(&["--device", "wgpu", "bench", "--net", s(&cfg)]);
+    assert!(err.contains("--features wgpu"), "{err}");
 }

@@ -41,7 +41,7 @@ pub fn reference_stats(net: &net::InceptionV3, reference: &str) -> Result<Gaussi
 
 /// FID of `images` against `reference` (see [`reference_stats`]) with the weights at `weights`.
 pub fn fid(images: &Points, shape: ImageShape, weights: &Path, reference: &str) -> Result<f64> {
-    let net = net::InceptionV3::load(weights, &crate::backend::cpu())?;
+    let net = net::InceptionV3::load(weights, &crate::backend::compute())?;
     let reference = reference_stats(&net, reference)?;
     frechet_distance(&feature_stats(&net, images, shape)?, &reference)
 }

@@ -33,6 +33,9 @@ pub struct ModelConfig {
     pub kind: ModelKind,
     /// Input dimension D of an MLP (a conv net takes C·H·W from `conv.image`).
     pub dim: usize,
+    /// MLP on images: the shape of its input (C·H·W must equal `dim`), which turns on image
+    /// plots and FID. `None` for points.
+    pub image: Option<crate::data::ImageShape>,
     /// MLP: widths of the hidden layers (the tutorial: [256, 256, 256, 256]).
     pub hidden: Vec<usize>,
     /// Activation of every layer (MLP: except possibly the first).
@@ -56,6 +59,7 @@ impl Default for ModelConfig {
         Self {
             kind: ModelKind::Mlp,
             dim: m.dim,
+            image: None,
             hidden: m.hidden,
             activation: m.activation,
             first_activation: m.first_activation,
@@ -100,7 +104,7 @@ impl ModelConfig {
     /// The image shape of a conv network.
     pub fn image_shape(&self) -> Option<crate::data::ImageShape> {
         match self.kind {
-            ModelKind::Mlp => None,
+            ModelKind::Mlp => self.image,
             ModelKind::Conv => Some(self.conv.image),
             ModelKind::UnetVit => Some(self.unet_vit.image),
         }
@@ -110,7 +114,19 @@ impl ModelConfig {
     pub fn validate(&self) -> Result<()> {
         self.mlp().validate()?;
         match self.kind {
-            ModelKind::Mlp => {}
+            ModelKind::Mlp => match self.image {
+                Some(s) if s.numel() != self.dim => {
+                    return Err(crate::EmError::Config {
+                        key: "model.image".into(),
+                        reason: format!(
+                            "expected C·H·W = model.dim = {}, found {s} ({} values)",
+                            self.dim,
+                            s.numel()
+                        ),
+                    })
+                }
+                _ => {}
+            },
             ModelKind::Conv => self.conv.validate("model.conv")?,
             ModelKind::UnetVit => self.unet_vit.validate("model.unet_vit")?,
         }

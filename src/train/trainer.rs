@@ -298,7 +298,7 @@ impl<M: Model> Trainer<M> {
         flow_weight: f64,
         contrast: Option<(Points, Points)>,
     ) -> Evaluation {
-        let device = crate::backend::cpu_autodiff();
+        let device = crate::backend::compute_autodiff();
         let p = self.precision;
         let tracked = self.state.model.tracked();
         let flow = flow_loss(
@@ -390,7 +390,7 @@ impl<M: Model> Trainer<M> {
             }
             cd = Some(term);
         }
-        let device = crate::backend::cpu();
+        let device = crate::backend::compute();
         Evaluation {
             flow,
             cd,

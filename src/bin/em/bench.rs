@@ -8,7 +8,7 @@ use std::time::Instant;
 use anyhow::Result;
 use clap::Args;
 
-use energy_matching::backend::{cpu, from_points, Precision};
+use energy_matching::backend::{compute, from_points, Precision};
 use energy_matching::config::RunConfig;
 use energy_matching::coupling::{assignment, sq_euclidean_cost};
 use energy_matching::data::Toy;
@@ -97,8 +97,11 @@ fn net_rows(path: &std::path::Path, a: &BenchArgs) -> Result<Rows> {
             format!("sample.chunk={b}"),
         ],
     )?;
-    let model = cfg.model.init(0, &cpu(), Precision::F32)?;
-    let name = path.file_stem().map(|s| s.to_string_lossy()).unwrap_or_default();
+    let model = cfg.model.init(0, &compute(), Precision::F32)?;
+    let name = path
+        .file_stem()
+        .map(|s| s.to_string_lossy())
+        .unwrap_or_default();
     let what = format!("{name}, {} parameters, batch {b}", model.num_params());
     let mut rows = Rows::new();
     let mut trainer = trainer_for(&cfg, Trainer::fresh_state(model.clone(), &cfg.optim))?;
@@ -119,7 +122,7 @@ fn net_rows(path: &std::path::Path, a: &BenchArgs) -> Result<Rows> {
     let mut r = stream(3, Purpose::Eval, 0);
     let x = from_points(
         &Toy::StandardNormal.sample(a.batch, model.dim(), &mut r),
-        &cpu(),
+        &compute(),
         Precision::F32,
     );
     let ms = time_ms(a.reps, || {
@@ -132,9 +135,8 @@ fn net_rows(path: &std::path::Path, a: &BenchArgs) -> Result<Rows> {
         ..cfg.sample.clone()
     };
     let dim = model.dim();
-    let src = move |r: &mut energy_matching::rng::Rng| {
-        Toy::StandardNormal.sample(1, dim, r).into_vec()
-    };
+    let src =
+        move |r: &mut energy_matching::rng::Rng| Toy::StandardNormal.sample(1, dim, r).into_vec();
     let req = SampleRequest {
         config: &sc,
         schedule: cfg.schedule,
@@ -148,7 +150,11 @@ fn net_rows(path: &std::path::Path, a: &BenchArgs) -> Result<Rows> {
     let ms = time_ms(a.phase2_reps, || {
         std::hint::black_box(sample(&drift, &req, &|_, _, _, _| {}).expect("samples"));
     }) / steps as f64;
-    rows.push((format!("sampler step ({:?}), batch {b}", cfg.sample.kind), ms, "ms".into()));
+    rows.push((
+        format!("sampler step ({:?}), batch {b}", cfg.sample.kind),
+        ms,
+        "ms".into(),
+    ));
     let full = (cfg.sample.t_end / cfg.sample.dt).round();
     rows.push((
         format!("  = images/s at T = {} ({full} steps)", cfg.sample.t_end),
@@ -178,7 +184,7 @@ fn toy_rows(a: &BenchArgs) -> Result<Rows> {
     }
 
     let cfg = RunConfig::default();
-    let model = cfg.model.init(0, &cpu(), Precision::F32)?;
+    let model = cfg.model.init(0, &compute(), Precision::F32)?;
     let mut trainer = trainer_for(&cfg, Trainer::fresh_state(model.clone(), &cfg.optim))?;
     // steady state, as in a 20k-step run (the first steps also pay for growing the allocator)
     for _ in 0..200 {
@@ -237,7 +243,7 @@ fn toy_rows(a: &BenchArgs) -> Result<Rows> {
         ));
         let xt = from_points(
             &Toy::EightGaussians.sample(b, 2, &mut r),
-            &cpu(),
+            &compute(),
             Precision::F32,
         );
         let ms = time_ms(a.reps, || {

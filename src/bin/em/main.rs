@@ -30,6 +30,11 @@ struct Cli {
     /// Only warnings and errors; no progress bars.
     #[arg(long, global = true)]
     quiet: bool,
+    /// Where tensor work runs (conv / UNet-ViT potentials, autodiff steps, FID): cpu, or a GPU
+    /// backend compiled in with the cargo feature of the same name (wgpu, vulkan, cuda). The
+    /// MLP's fused kernels always run on the CPU.
+    #[arg(long, global = true, default_value = "cpu")]
+    device: energy_matching::backend::Accelerator,
     #[command(subcommand)]
     command: Command,
 }
@@ -288,6 +293,7 @@ fn main() {
 
 fn dispatch(cli: Cli) -> Result<()> {
     let quiet = cli.quiet;
+    energy_matching::backend::select(cli.device)?;
     match cli.command {
         Command::Train(a) => train(a, quiet),
         Command::Sample(a) => sample(a, quiet),
@@ -423,7 +429,7 @@ fn image_rows(
 fn fid(a: FidArgs) -> Result<()> {
     use energy_matching::inception::net::InceptionV3;
     use energy_matching::metrics::{frechet_distance, GaussianStats};
-    let device = energy_matching::backend::cpu();
+    let device = energy_matching::backend::compute();
     let net = InceptionV3::load(&a.weights, &device).with_context(|| {
         format!(
             "loading {} (make it with scripts/fetch-inception.sh)",
