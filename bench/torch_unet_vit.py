@@ -8,7 +8,8 @@ attention / LayerNorm / feed-forward rules mean what PyTorch means by them.
       float64 weights, inputs, V and grad V of a tiny network (read by a Rust test)
   python bench/torch_unet_vit.py bench --net mnist|cifar10 --batch B --threads T [--reps R]
       median ms of a phase-1 step (forward, create_graph input gradient, flow loss, backward,
-      Adam) and of one grad V evaluation (a Langevin / sampler step), as `em bench --net` times.
+      Adam), a phase-2 step (+ Langevin negatives and the contrastive term), one grad V
+      evaluation and one stochastic Heun sampler step, as `em bench --net` times them.
 """
 
 import argparse
@@ -23,10 +24,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-MNIST = dict(image=(1, 28, 28), base=32, mult=[1, 2, 2], res_blocks=2, attn=[14],
+MNIST = dict(gibbs=75, gibbs_dt=0.025, eps=0.1, image=(1, 28, 28), base=32, mult=[1, 2, 2], res_blocks=2, attn=[14],
              head_channels=64, groups=32, patch=4, embed=128, layers=2, heads=2, ff_mult=4,
              scale=100.0, clamp=None)
-CIFAR10 = dict(image=(3, 32, 32), base=128, mult=[1, 2, 2, 2], res_blocks=2, attn=[16],
+CIFAR10 = dict(gibbs=200, gibbs_dt=0.01, eps=0.01, image=(3, 32, 32), base=128, mult=[1, 2, 2, 2], res_blocks=2, attn=[16],
                head_channels=64, groups=32, patch=4, embed=384, layers=8, heads=4, ff_mult=4,
                scale=1000.0, clamp=None)
 TINY = dict(image=(2, 4, 4), base=2, mult=[1, 2], res_blocks=1, attn=[2], head_channels=2,
@@ -278,10 +279,36 @@ def bench(args):
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
 
-    def grad_v():
-        xt = x0.clone().requires_grad_(True)
+    def grad_v(x=x0):
+        xt = x.detach().requires_grad_(True)
         (g,) = torch.autograd.grad(net(xt).sum(), xt)
         return g
+
+    def phase2():
+        # Langevin negatives (detached), then flow loss + λ_cd·(mean V(x+) − mean V(x−))
+        x = x0.clone()
+        dt, eps = cfg["gibbs_dt"], cfg["eps"]
+        for _ in range(cfg["gibbs"]):
+            x = x - dt * grad_v(x) + math.sqrt(2 * eps * dt) * torch.randn(x.shape, generator=gen)
+        x = x.clamp(-1, 1)
+        t = torch.rand(b, 1, 1, 1, generator=gen)
+        xt = ((1 - t) * x0 + t * x1).requires_grad_(True)
+        (g,) = torch.autograd.grad(net(xt).sum(), xt, create_graph=True)
+        cd = torch.clamp(net(x1).mean() - net(x).mean(), min=-0.05)
+        loss = ((-g - (x1 - x0)) ** 2).mean() + 1e-3 * cd
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+
+    def heun_step():
+        # stochastic Euler–Heun at ε = eps, dt = 0.01
+        dt, eps = 0.01, cfg["eps"]
+        noise = math.sqrt(2 * eps * dt) * torch.randn(x0.shape, generator=gen)
+        g1 = grad_v(x0)
+        pred = x0 - dt * g1 + noise
+        g2 = grad_v(pred)
+        return x0 - 0.5 * dt * (g1 + g2) + noise
 
     n_params = sum(int(np.prod(s)) for s in net.shapes.values())
     # PyTorch's fused CPU attention kernels have no double backward
@@ -290,9 +317,12 @@ def bench(args):
     from torch.nn.attention import SDPBackend, sdpa_kernel
     with sdpa_kernel(SDPBackend.MATH):
         p1 = median_ms(args.reps, phase1)
+        p2 = median_ms(args.phase2_reps, phase2) if args.phase2_reps > 0 else None
         gv = median_ms(args.reps, grad_v)
+        hs = median_ms(args.reps, heun_step)
     print(json.dumps(dict(net=args.net, params=n_params, batch=b, threads=args.threads,
-                          phase1_ms=p1, grad_ms=gv, torch=torch.__version__)))
+                          phase1_ms=p1, phase2_ms=p2, grad_ms=gv, heun_step_ms=hs,
+                          torch=torch.__version__)))
 
 
 def main():
@@ -305,6 +335,7 @@ def main():
     b.add_argument("--batch", type=int, default=16)
     b.add_argument("--threads", type=int, default=2)
     b.add_argument("--reps", type=int, default=5)
+    b.add_argument("--phase2-reps", type=int, default=1)
     a = ap.parse_args()
     if a.cmd == "fixture":
         fixture(a.path)

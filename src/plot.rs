@@ -226,6 +226,41 @@ pub fn curves_png(
     root.present().map_err(|e| plot_err(path, e))
 }
 
+/// Checks that `images` are rows of `shape.numel()` values.
+fn expect_images(images: &Points, shape: crate::data::ImageShape, what: &str) -> Result<()> {
+    if images.dim() != shape.numel() {
+        return Err(EmError::shape(
+            what,
+            format!("rows of {} values ({shape})", shape.numel()),
+            format!("rows of {}", images.dim()),
+        ));
+    }
+    Ok(())
+}
+
+/// Paints one image (values in [−1, 1], channel-major) with its top-left corner at (x0, y0),
+/// each pixel drawn `scale × scale`.
+fn paint_tile(
+    img: &mut image::RgbImage,
+    row: &[f32],
+    shape: crate::data::ImageShape,
+    scale: usize,
+    (x0, y0): (usize, usize),
+) {
+    use crate::data::images::unit_to_byte;
+    let plane = shape.height * shape.width;
+    for y in 0..shape.height * scale {
+        for x in 0..shape.width * scale {
+            let p = (y / scale) * shape.width + x / scale;
+            let rgb = match shape.channels {
+                3 => [0, 1, 2].map(|c| unit_to_byte(row[c * plane + p])),
+                _ => [unit_to_byte(row[p]); 3],
+            };
+            img.put_pixel((x0 + x) as u32, (y0 + y) as u32, image::Rgb(rgb));
+        }
+    }
+}
+
 /// Writes images (rows of `shape.numel()` values in [−1, 1], channel-major) as a PNG grid with
 /// `cols` columns, each pixel drawn `scale × scale`, tiles separated by a 2-pixel grey border.
 pub fn image_grid_png(
@@ -235,14 +270,7 @@ pub fn image_grid_png(
     cols: usize,
     scale: usize,
 ) -> Result<()> {
-    use crate::data::images::unit_to_byte;
-    if images.dim() != shape.numel() {
-        return Err(EmError::shape(
-            "image grid",
-            format!("rows of {} values ({shape})", shape.numel()),
-            format!("rows of {}", images.dim()),
-        ));
-    }
+    expect_images(images, shape, "image grid")?;
     if images.is_empty() || cols == 0 || scale == 0 {
         return Err(EmError::invalid(
             "image grid",
@@ -256,21 +284,102 @@ pub fn image_grid_png(
     let (tw, th) = (shape.width * scale, shape.height * scale);
     let (w, h) = (PAD + cols * (tw + PAD), PAD + rows * (th + PAD));
     let mut img = image::RgbImage::from_pixel(w as u32, h as u32, image::Rgb([128, 128, 128]));
-    let plane = shape.height * shape.width;
     for (k, row) in images.rows().enumerate() {
-        let (x0, y0) = (PAD + (k % cols) * (tw + PAD), PAD + (k / cols) * (th + PAD));
-        for y in 0..th {
-            for x in 0..tw {
-                let p = (y / scale) * shape.width + x / scale;
-                let rgb = match shape.channels {
-                    3 => [0, 1, 2].map(|c| unit_to_byte(row[c * plane + p])),
-                    _ => [unit_to_byte(row[p]); 3],
-                };
-                img.put_pixel((x0 + x) as u32, (y0 + y) as u32, image::Rgb(rgb));
-            }
-        }
+        let corner = (PAD + (k % cols) * (tw + PAD), PAD + (k / cols) * (th + PAD));
+        paint_tile(&mut img, row, shape, scale, corner);
     }
     img.save(path).map_err(|e| plot_err(path, e))
+}
+
+/// Geometry of [`evolution_png`] for images of `shape`: (pixel scale, panel width, panel
+/// height) in pixels, panels including their label line and padding.
+pub fn evolution_panel(shape: crate::data::ImageShape) -> (usize, usize, usize) {
+    let scale = (84 / shape.height.max(1)).max(1);
+    let width = (shape.width * scale).max(EVOLUTION_MIN_TILE) + EVOLUTION_PAD;
+    (
+        scale,
+        width,
+        EVOLUTION_LABEL + shape.height * scale + EVOLUTION_PAD,
+    )
+}
+
+const EVOLUTION_PAD: usize = 4;
+const EVOLUTION_LABEL: usize = 14;
+const EVOLUTION_HEADER: usize = 18;
+const EVOLUTION_MIN_TILE: usize = 64;
+
+/// A time-evolution grid, as the reference's training logs draw: one row per sample, one column
+/// per sampling time (`t = …` in the header), each panel titled with that sample's energy V at
+/// that time. `energies[c][r]` is V of row r of frame c. Width: 4 px + one panel per column
+/// ([`evolution_panel`]).
+pub fn evolution_png(
+    path: &Path,
+    frames: &[(f64, Points)],
+    energies: &[Vec<f64>],
+    shape: crate::data::ImageShape,
+) -> Result<()> {
+    let rows = frames.iter().map(|f| f.1.len()).min().unwrap_or(0);
+    if rows == 0 || energies.len() != frames.len() || energies.iter().any(|e| e.len() < rows) {
+        return Err(EmError::invalid(
+            "evolution grid",
+            "non-empty frames with one energy per shown sample",
+            format!(
+                "{} frames, {rows} rows, {} energy lists",
+                frames.len(),
+                energies.len()
+            ),
+        ));
+    }
+    for (_, f) in frames {
+        expect_images(f, shape, "evolution grid")?;
+    }
+    ensure_font();
+    let (scale, pw, ph) = evolution_panel(shape);
+    let (w, h) = (
+        EVOLUTION_PAD + frames.len() * pw,
+        EVOLUTION_HEADER + rows * ph,
+    );
+    let mut img = image::RgbImage::from_pixel(w as u32, h as u32, image::Rgb([255, 255, 255]));
+    let corner = |c: usize, r: usize| (EVOLUTION_PAD + c * pw, EVOLUTION_HEADER + r * ph);
+    for (c, (_, f)) in frames.iter().enumerate() {
+        for r in 0..rows {
+            let (x, y) = corner(c, r);
+            paint_tile(&mut img, f.row(r), shape, scale, (x, y + EVOLUTION_LABEL));
+        }
+    }
+    let mut raw = img.into_raw();
+    {
+        let root = BitMapBackend::with_buffer(&mut raw, (w as u32, h as u32)).into_drawing_area();
+        let header = ("sans-serif", 13).into_font().color(&BLACK);
+        let label = ("sans-serif", 11).into_font().color(&BLACK);
+        for (c, (t, _)) in frames.iter().enumerate() {
+            let (x, _) = corner(c, 0);
+            root.draw_text(&format!("t = {t:.2}"), &header, (x as i32, 2))
+                .map_err(|e| plot_err(path, e))?;
+            for r in 0..rows {
+                let (x, y) = corner(c, r);
+                let v = energies[c][r];
+                root.draw_text(&format!("V = {}", short(v)), &label, (x as i32, y as i32))
+                    .map_err(|e| plot_err(path, e))?;
+            }
+        }
+        root.present().map_err(|e| plot_err(path, e))?;
+    }
+    image::RgbImage::from_raw(w as u32, h as u32, raw)
+        .expect("buffer of w·h·3 bytes")
+        .save(path)
+        .map_err(|e| plot_err(path, e))
+}
+
+/// A number in at most ~6 characters: 1343, 12.5, 0.123, −4.2e-5.
+fn short(v: f64) -> String {
+    match v.abs() {
+        a if !a.is_finite() => format!("{v}"),
+        a if a >= 1e4 || (a > 0.0 && a < 1e-3) => format!("{v:.1e}"),
+        a if a >= 100.0 => format!("{v:.0}"),
+        a if a >= 10.0 => format!("{v:.1}"),
+        _ => format!("{v:.3}"),
+    }
 }
 
 #[cfg(test)]

@@ -509,7 +509,7 @@ pub fn plot_run(
         )?;
     }
     if let Some(shape) = cfg.model.image_shape() {
-        image_plots(dir, shape, samples, target, frames)?;
+        image_plots(dir, shape, model, samples, target, frames)?;
     }
     energy_histogram(dir, model, samples, target)?;
     plot_curves(dir)
@@ -547,10 +547,11 @@ fn energy_histogram(
 }
 
 /// `samples.png` and `target.png` (8×8 grids) and `evolution.png` (rows = samples, columns =
-/// sampling times) for an image run.
+/// sampling times, V in each panel) for an image run.
 fn image_plots(
     dir: &Path,
     shape: crate::data::ImageShape,
+    model: &dyn GradField,
     samples: &Points,
     target: &Points,
     frames: &[(f64, Points)],
@@ -561,16 +562,12 @@ fn image_plots(
             plot::image_grid_png(&dir.join(name), &first, shape, 8, 2)?;
         }
     }
-    let rows = frames.iter().map(|f| f.1.len()).min().unwrap_or(0);
-    if rows > 0 {
-        let mut cells = Vec::new();
-        for i in 0..rows {
-            for (_, f) in frames {
-                cells.extend_from_slice(f.row(i));
-            }
-        }
-        let grid = Points::new(rows * frames.len(), shape.numel(), cells)?;
-        plot::image_grid_png(&dir.join("evolution.png"), &grid, shape, frames.len(), 2)?;
+    if frames.iter().all(|f| !f.1.is_empty()) && !frames.is_empty() {
+        let energies = frames
+            .iter()
+            .map(|f| metrics::energies(model, &f.1))
+            .collect::<Result<Vec<_>>>()?;
+        plot::evolution_png(&dir.join("evolution.png"), frames, &energies, shape)?;
     }
     Ok(())
 }

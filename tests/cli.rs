@@ -475,14 +475,19 @@ fn an_image_run_trains_a_conv_potential_and_writes_sample_grids() {
     let spec = format!("mnist:{}", s(d.path()));
     let err = fails(&["classifier-train", "--train", &spec, "--test", &spec]);
     assert!(err.contains("labelled"), "{err}");
-    // 8 columns of 12-pixel tiles (+2-pixel borders), after training and after `em plot`
+    // 8 sampling times = 8 panel columns, after training and after `em plot`
+    let (_, panel, _) = energy_matching::plot::evolution_panel(energy_matching::data::ImageShape {
+        channels: 1,
+        height: 6,
+        width: 6,
+    });
     for redraw in [false, true] {
         if redraw {
             std::fs::remove_file(run.join("evolution.png")).unwrap();
             ok(&["plot", "--run", s(&run)]);
         }
         let evo = image::open(run.join("evolution.png")).unwrap();
-        assert_eq!(evo.width(), 2 + 8 * 14, "redrawn: {redraw}");
+        assert_eq!(evo.width() as usize, 4 + 8 * panel, "redrawn: {redraw}");
     }
 }
 

@@ -15,6 +15,11 @@ use crate::sampler::GradField;
 use crate::schedule::Schedule;
 use crate::{EmError, Points, Result};
 
+/// Models up to this input dimension run their autodiff training steps on [`serial_pool`]: for
+/// point-sized models the tensor ops are tiny and one thread beats burn's threading (measured);
+/// image networks use all threads.
+const SERIAL_MAX_DIM: usize = 256;
+
 /// A one-thread pool for the small autodiff tensor ops of a training step.
 fn serial_pool() -> &'static rayon::ThreadPool {
     static POOL: std::sync::OnceLock<rayon::ThreadPool> = std::sync::OnceLock::new();
@@ -246,7 +251,10 @@ impl<M: Model> Trainer<M> {
         };
         let ev = match fused {
             Some(host) => self.evaluate_fused(&host, flow, flow_weight, contrast),
-            None => serial_pool().install(|| self.evaluate_autodiff(flow, flow_weight, contrast)),
+            None if self.state.model.dim() <= SERIAL_MAX_DIM => {
+                serial_pool().install(|| self.evaluate_autodiff(flow, flow_weight, contrast))
+            }
+            None => self.evaluate_autodiff(flow, flow_weight, contrast),
         };
         let cd_value = ev.cd.as_ref().map(|c| c.value);
         let loss = flow_weight * ev.flow + cd_value.map_or(0.0, |c| self.train.cd_weight * c);

@@ -29,7 +29,7 @@ pub struct BenchArgs {
     /// Repetitions per measurement (the median is reported).
     #[arg(long, default_value_t = 20)]
     reps: usize,
-    /// Phase-2 steps to time (each runs 200 Langevin steps).
+    /// Phase-2 steps to time (each runs the config's Langevin negatives; 0 skips them).
     #[arg(long, default_value_t = 5)]
     phase2_reps: usize,
     /// Time this run config's network instead of the toy tutorial (e.g.
@@ -109,16 +109,18 @@ fn net_rows(path: &std::path::Path, a: &BenchArgs) -> Result<Rows> {
         trainer.step().expect("benchmark step");
     });
     rows.push((format!("phase-1 step ({what})"), ms, "ms".into()));
-    trainer.train.phase1_steps = 0;
-    let ms = time_ms(a.phase2_reps, || {
-        trainer.step().expect("benchmark step");
-    });
-    let gibbs = cfg.negatives.n_gibbs;
-    rows.push((
-        format!("phase-2 step (+ {gibbs} Langevin steps on {b} negatives)"),
-        ms,
-        "ms".into(),
-    ));
+    if a.phase2_reps > 0 {
+        trainer.train.phase1_steps = 0;
+        let ms = time_ms(a.phase2_reps, || {
+            trainer.step().expect("benchmark step");
+        });
+        let gibbs = cfg.negatives.n_gibbs;
+        rows.push((
+            format!("phase-2 step (+ {gibbs} Langevin steps on {b} negatives)"),
+            ms,
+            "ms".into(),
+        ));
+    }
     let mut r = stream(3, Purpose::Eval, 0);
     let x = from_points(
         &Toy::StandardNormal.sample(a.batch, model.dim(), &mut r),
@@ -147,7 +149,7 @@ fn net_rows(path: &std::path::Path, a: &BenchArgs) -> Result<Rows> {
     };
     let field = model.host_field()?;
     let drift = Drift::new(field.as_ref());
-    let ms = time_ms(a.phase2_reps, || {
+    let ms = time_ms(a.reps, || {
         std::hint::black_box(sample(&drift, &req, &|_, _, _, _| {}).expect("samples"));
     }) / steps as f64;
     rows.push((
@@ -199,7 +201,7 @@ fn toy_rows(a: &BenchArgs) -> Result<Rows> {
         "ms".into(),
     ));
     trainer.train.phase1_steps = 0;
-    let ms = time_ms(a.phase2_reps, || {
+    let ms = time_ms(a.phase2_reps.max(1), || {
         trainer.step().expect("benchmark step");
     });
     rows.push((
