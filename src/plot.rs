@@ -356,9 +356,8 @@ pub fn evolution_png(
             let (x, _) = corner(c, 0);
             root.draw_text(&format!("t = {t:.2}"), &header, (x as i32, 2))
                 .map_err(|e| plot_err(path, e))?;
-            for r in 0..rows {
+            for (r, &v) in energies[c].iter().take(rows).enumerate() {
                 let (x, y) = corner(c, r);
-                let v = energies[c][r];
                 root.draw_text(&format!("V = {}", short(v)), &label, (x as i32, y as i32))
                     .map_err(|e| plot_err(path, e))?;
             }
