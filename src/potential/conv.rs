@@ -312,29 +312,5 @@ impl Model for ConvNet {
         self.config.param_shapes()
     }
 
-    fn flat_params(&self) -> Vec<Tensor<1>> {
-        self.params.clone()
-    }
-
-    fn set_flat_params(&mut self, params: Vec<Tensor<1>>) -> Result<()> {
-        super::check_flat_params(self, &params, "ConvNet")?;
-        self.params = params;
-        Ok(())
-    }
-
-    fn tracked(&self) -> Self {
-        let mut m = self.clone();
-        m.params = super::tracked_params(&self.params);
-        m
-    }
-
-    fn untracked(&self) -> Self {
-        let mut m = self.clone();
-        m.params = super::untracked_params(&self.params);
-        m
-    }
-
-    fn flat_grads(&self, grads: &Gradients) -> Vec<Option<Tensor<1>>> {
-        self.params.iter().map(|p| p.grad(grads)).collect()
-    }
+    flat_params_model_methods!("ConvNet");
 }

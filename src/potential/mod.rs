@@ -7,6 +7,38 @@
 //! layer the explicit input gradient is checked against finite differences, and so is the
 //! parameter gradient of a loss built on it (see the tests of each implementation).
 
+/// The [`Model`] methods of a network whose parameters are one `params: Vec<Tensor<1>>` field
+/// in canonical order (`$what` names the network in errors).
+macro_rules! flat_params_model_methods {
+    ($what:literal) => {
+        fn flat_params(&self) -> Vec<Tensor<1>> {
+            self.params.clone()
+        }
+
+        fn set_flat_params(&mut self, params: Vec<Tensor<1>>) -> Result<()> {
+            super::check_flat_params(self, &params, $what)?;
+            self.params = params;
+            Ok(())
+        }
+
+        fn tracked(&self) -> Self {
+            let mut m = self.clone();
+            m.params = super::tracked_params(&self.params);
+            m
+        }
+
+        fn untracked(&self) -> Self {
+            let mut m = self.clone();
+            m.params = super::untracked_params(&self.params);
+            m
+        }
+
+        fn flat_grads(&self, grads: &Gradients) -> Vec<Option<Tensor<1>>> {
+            self.params.iter().map(|p| p.grad(grads)).collect()
+        }
+    };
+}
+
 mod activation;
 mod conv;
 mod host_backprop;
