@@ -106,6 +106,14 @@ impl EmError {
         }
     }
 
+    /// A configuration problem at a dotted key ([`EmError::Config`]).
+    pub fn config(key: impl Into<String>, reason: impl Into<String>) -> Self {
+        EmError::Config {
+            key: key.into(),
+            reason: reason.into(),
+        }
+    }
+
     /// Shorthand for [`EmError::InvalidValue`].
     pub fn invalid(
         name: impl Into<String>,

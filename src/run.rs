@@ -562,7 +562,7 @@ fn image_plots(
             plot::image_grid_png(&dir.join(name), &first, shape, 8, 2)?;
         }
     }
-    if frames.iter().all(|f| !f.1.is_empty()) && !frames.is_empty() {
+    if !frames.is_empty() && frames.iter().all(|f| !f.1.is_empty()) {
         let energies = frames
             .iter()
             .map(|f| metrics::energies(model, &f.1))

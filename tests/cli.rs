@@ -541,6 +541,27 @@ hidden = [16, 16]
         s(&d.path().join("bad")),
     ]);
     assert!(err.contains("model.image"), "{err}");
+    // `em bench --net` times an image network through the real trainer and sampler
+    let cfg_ok = image_run_config(d.path(), unet_vit);
+    let table = ok(&[
+        "bench",
+        "--net",
+        s(&cfg_ok),
+        "--batch",
+        "4",
+        "--reps",
+        "1",
+        "--phase2-reps",
+        "1",
+    ]);
+    for row in [
+        "phase-1 step",
+        "phase-2 step (+ 3 Langevin steps on 4 negatives)",
+        "∇V, batch 4",
+        "images/s",
+    ] {
+        assert!(table.contains(row), "missing `{row}` in\n{table}");
+    }
     // a GPU backend this build lacks is refused with the cargo feature to enable
     let err = fails(&["--device", "wgpu", "bench", "--net", s(&cfg)]);
     assert!(err.contains("--features wgpu"), "{err}");

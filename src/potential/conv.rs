@@ -66,12 +66,8 @@ struct ConvGeom {
 impl ConvConfig {
     /// Checks sizes, naming the offending key (under `prefix`, e.g. `model.conv`).
     pub fn validate(&self, prefix: &str) -> Result<()> {
-        let bad = |key: &str, reason: String| {
-            Err(EmError::Config {
-                key: format!("{prefix}.{key}"),
-                reason,
-            })
-        };
+        let bad =
+            |key: &str, reason: String| Err(EmError::config(format!("{prefix}.{key}"), reason));
         let s = self.image;
         if s.channels == 0 || s.height == 0 || s.width == 0 {
             return bad(

@@ -101,7 +101,7 @@ impl ModelConfig {
         }
     }
 
-    /// The image shape of a conv network.
+    /// The image shape of an image network (conv, UNet → ViT, or an MLP with `model.image`).
     pub fn image_shape(&self) -> Option<crate::data::ImageShape> {
         match self.kind {
             ModelKind::Mlp => self.image,
@@ -116,14 +116,14 @@ impl ModelConfig {
         match self.kind {
             ModelKind::Mlp => match self.image {
                 Some(s) if s.numel() != self.dim => {
-                    return Err(crate::EmError::Config {
-                        key: "model.image".into(),
-                        reason: format!(
+                    return Err(crate::EmError::config(
+                        "model.image",
+                        format!(
                             "expected C·H·W = model.dim = {}, found {s} ({} values)",
                             self.dim,
                             s.numel()
                         ),
-                    })
+                    ))
                 }
                 _ => {}
             },

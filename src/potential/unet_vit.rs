@@ -108,12 +108,8 @@ impl UNetVitConfig {
 
     /// Checks sizes, naming the offending key (under `prefix`, e.g. `model.unet_vit`).
     pub fn validate(&self, prefix: &str) -> Result<()> {
-        let bad = |key: &str, reason: String| {
-            Err(EmError::Config {
-                key: format!("{prefix}.{key}"),
-                reason,
-            })
-        };
+        let bad =
+            |key: &str, reason: String| Err(EmError::config(format!("{prefix}.{key}"), reason));
         let s = self.image;
         let levels = self.channel_mult.len();
         if levels == 0 || self.channel_mult.contains(&0) {
@@ -199,7 +195,7 @@ impl UNetVitConfig {
         Ok(())
     }
 
-    /// Parameter names and shapes in canonical order (without building the network).
+    /// Parameter shapes in canonical order (without building the network).
     pub fn param_shapes(&self) -> Vec<Vec<usize>> {
         Plan::build(self).1.shapes
     }

@@ -95,12 +95,8 @@ impl TrainConfig {
 
     /// Checks sizes and weights, naming the offending key.
     pub fn validate(&self) -> crate::Result<()> {
-        let bad = |key: &str, reason: String| {
-            Err(crate::EmError::Config {
-                key: format!("train.{key}"),
-                reason,
-            })
-        };
+        let bad =
+            |key: &str, reason: String| Err(crate::EmError::config(format!("train.{key}"), reason));
         if self.batch_size < 2 {
             return bad(
                 "batch_size",

@@ -157,10 +157,10 @@ fn net_rows(path: &std::path::Path, a: &BenchArgs) -> Result<Rows> {
         ms,
         "ms".into(),
     ));
-    let full = (cfg.sample.t_end / cfg.sample.dt).round();
+    let full = cfg.sample.steps();
     rows.push((
         format!("  = images/s at T = {} ({full} steps)", cfg.sample.t_end),
-        a.batch as f64 / (ms * full) * 1e3,
+        a.batch as f64 / (ms * full as f64) * 1e3,
         "images/s".into(),
     ));
     Ok(rows)
