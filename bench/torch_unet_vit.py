@@ -6,10 +6,11 @@ attention / LayerNorm / feed-forward rules mean what PyTorch means by them.
 
   python bench/torch_unet_vit.py fixture tests/fixtures/unet_vit_tiny.safetensors
       float64 weights, inputs, V and grad V of a tiny network (read by a Rust test)
-  python bench/torch_unet_vit.py bench --net mnist|cifar10 --batch B --threads T [--reps R]
+  python bench/torch_unet_vit.py bench --net mnist|cifar10|mnist_conv --batch B --threads T [--reps R]
       median ms of a phase-1 step (forward, create_graph input gradient, flow loss, backward,
       Adam), a phase-2 step (+ Langevin negatives and the contrastive term), one grad V
       evaluation and one stochastic Heun sampler step, as `em bench --net` times them.
+      `mnist_conv` is configs/mnist_conv.toml's conv-encoder potential (ConvEncoder below).
 """
 
 import argparse
@@ -32,6 +33,42 @@ CIFAR10 = dict(gibbs=200, gibbs_dt=0.01, eps=0.01, image=(3, 32, 32), base=128, 
                scale=1000.0, clamp=None)
 TINY = dict(image=(2, 4, 4), base=2, mult=[1, 2], res_blocks=1, attn=[2], head_channels=2,
             groups=2, patch=2, embed=4, layers=1, heads=2, ff_mult=2, scale=1.3, clamp=2.5)
+MNIST_CONV = dict(gibbs=75, gibbs_dt=0.025, eps=0.1, image=(1, 28, 28), channels=[32, 64, 64],
+                  strides=[1, 2, 2], hidden=[512], scale=100.0)
+
+
+class ConvEncoder(nn.Module):
+    """src/potential/conv.rs with pool = "flatten": SiLU convs (3x3, padding 1), the last map
+    flattened, SiLU dense layers, a linear head times the output scale."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.cfg = cfg
+        c, h, w = cfg["image"]
+        convs = []
+        for co, st in zip(cfg["channels"], cfg["strides"]):
+            convs.append(nn.Conv2d(c, co, 3, stride=st, padding=1))
+            c, h, w = co, (h - 1) // st + 1, (w - 1) // st + 1
+        self.convs = nn.ModuleList(convs)
+        dims = [c * h * w] + cfg["hidden"] + [1]
+        self.dense = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims, dims[1:]))
+        self.order = [k for k, _ in self.named_parameters()]
+        self.shapes = {k: list(p.shape) for k, p in self.named_parameters()}
+
+    def p(self, name):
+        return dict(self.named_parameters())[name]
+
+    def sync_encoder(self):
+        pass
+
+    def forward(self, x):
+        h = x
+        for conv in self.convs:
+            h = F.silu(conv(h))
+        u = h.flatten(1)
+        for lin in self.dense[:-1]:
+            u = F.silu(lin(u))
+        return self.dense[-1](u).squeeze(-1) * self.cfg["scale"]
 
 
 class Twin(nn.Module):
@@ -254,8 +291,8 @@ def median_ms(reps, f):
 
 def bench(args):
     torch.set_num_threads(args.threads)
-    cfg = dict(MNIST if args.net == "mnist" else CIFAR10)
-    net = Twin(cfg)
+    cfg = dict({"mnist": MNIST, "cifar10": CIFAR10, "mnist_conv": MNIST_CONV}[args.net])
+    net = ConvEncoder(cfg) if args.net == "mnist_conv" else Twin(cfg)
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for k in net.order:
@@ -331,7 +368,7 @@ def main():
     f = sub.add_parser("fixture")
     f.add_argument("path")
     b = sub.add_parser("bench")
-    b.add_argument("--net", choices=["mnist", "cifar10"], required=True)
+    b.add_argument("--net", choices=["mnist", "cifar10", "mnist_conv"], required=True)
     b.add_argument("--batch", type=int, default=16)
     b.add_argument("--threads", type=int, default=2)
     b.add_argument("--reps", type=int, default=5)

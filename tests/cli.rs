@@ -440,6 +440,8 @@ output_scale = 2.0
 image = { channels = 1, height = 6, width = 6 }
 channels = [4, 4]
 strides = [1, 2]
+pool = "flatten"
+hidden = [8]
 "#;
 
 #[test]

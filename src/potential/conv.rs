@@ -1,9 +1,13 @@
-//! Convolutional potential for images: V(x) = s · head(w · mean_{h,w}(h_L) + b), with
-//! h_{l+1} = a(conv2d(h_l, W_l, b_l; stride s_l, padding k/2)), h_0 = x as `[B, C, H, W]`.
+//! Convolutional potential for images: V(x) = s · head(w · u_M + b), with
+//! h_{l+1} = a(conv2d(h_l, W_l, b_l; stride s_l, padding k/2)), h_0 = x as `[B, C, H, W]`,
+//! u_0 = pool(h_L) (the spatial mean, or all of h_L flattened) and dense layers
+//! u_{m+1} = a(u_m A_m + c_m).
 //!
 //! Input-gradient rule (the hand-written backward pass, as tensor ops so that autodiff over it
 //! gives the exact parameter gradient of losses on ∇ₓV):
-//! - mean pool: g_{h_L} = (head'(o) w) / (H_L W_L), broadcast over the spatial positions;
+//! - dense layer: g_{u_m} = (g_{u_{m+1}} ⊙ a'(u_m A_m + c_m)) A_mᵀ, starting from head'(o) wᵀ;
+//! - mean pool: g_{h_L} = g_{u_0} / (H_L W_L), broadcast over the spatial positions; flatten:
+//!   g_{h_L} = g_{u_0} reshaped to `[B, C, H, W]`;
 //! - convolution: the input gradient of y = conv2d(x, W) is the transposed convolution
 //!   `conv_transpose2d(g_y, W)` with the same stride and padding, and the output padding that
 //!   restores the input size ((H_in + 2p − k) mod s);
@@ -32,6 +36,22 @@ pub struct ConvConfig {
     pub strides: Vec<usize>,
     /// Square kernel size (odd; padding k/2 keeps the size at stride 1).
     pub kernel: usize,
+    /// How the last feature map becomes a vector: its spatial mean (a translation-invariant
+    /// sum of local energies) or all of it flattened (position-aware, like the encoders of
+    /// image EBMs).
+    pub pool: Pool,
+    /// Widths of the dense layers between the pooled features and the scalar output.
+    pub hidden: Vec<usize>,
+}
+
+/// Reduction of the last feature map `[B, C, H, W]` to the dense layers' input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Pool {
+    /// Mean over the spatial positions: `C` features.
+    Mean,
+    /// Every value: `C·H·W` features.
+    Flatten,
 }
 
 impl Default for ConvConfig {
@@ -46,6 +66,8 @@ impl Default for ConvConfig {
             channels: vec![32, 64, 64],
             strides: vec![1, 2, 2],
             kernel: 3,
+            pool: Pool::Mean,
+            hidden: Vec::new(),
         }
     }
 }
@@ -100,6 +122,12 @@ impl ConvConfig {
                 format!("expected an odd kernel size, found {}", self.kernel),
             );
         }
+        if self.hidden.contains(&0) {
+            return bad(
+                "hidden",
+                format!("expected widths ≥ 1, found {:?}", self.hidden),
+            );
+        }
         Ok(())
     }
 
@@ -123,8 +151,17 @@ impl ConvConfig {
         out
     }
 
+    /// Number of features after the pool.
+    fn pooled_features(&self) -> usize {
+        let last = *self.geometry().last().expect("validated");
+        match self.pool {
+            Pool::Mean => last.c_out,
+            Pool::Flatten => last.c_out * last.h_out * last.w_out,
+        }
+    }
+
     /// Parameter shapes in canonical order: per convolution `[out, in, k, k]` and `[out]`,
-    /// then the head `[C_L, 1]` and `[1]`.
+    /// per dense layer `[in, out]` and `[out]`, then the head `[features, 1]` and `[1]`.
     pub fn param_shapes(&self) -> Vec<Vec<usize>> {
         let k = self.kernel;
         let mut v: Vec<Vec<usize>> = self
@@ -132,7 +169,13 @@ impl ConvConfig {
             .iter()
             .flat_map(|g| [vec![g.c_out, g.c_in, k, k], vec![g.c_out]])
             .collect();
-        v.push(vec![*self.channels.last().expect("validated"), 1]);
+        let mut features = self.pooled_features();
+        for &width in &self.hidden {
+            v.push(vec![features, width]);
+            v.push(vec![width]);
+            features = width;
+        }
+        v.push(vec![features, 1]);
         v.push(vec![1]);
         v
     }
@@ -225,8 +268,14 @@ impl ConvNet {
         x.reshape([b, s.channels, s.height, s.width])
     }
 
-    /// Pre-activations and activations of every layer, then the raw head output `[B, 1]`.
-    fn forward(&self, x: Tensor<2>, derivatives: bool) -> (Vec<Tensor<4>>, Tensor<2>) {
+    /// Index of dense layer m's weight in `params` (its bias follows).
+    fn dense_index(&self, m: usize) -> usize {
+        2 * (self.geometry.len() + m)
+    }
+
+    /// Activation derivatives of every convolution and dense layer (when `derivatives`), then
+    /// the raw head output `[B, 1]`.
+    fn forward(&self, x: Tensor<2>, derivatives: bool) -> (Derivatives, Tensor<2>) {
         let mut h = self.images(x);
         let mut derivs = Vec::new();
         for l in 0..self.geometry.len() {
@@ -244,13 +293,63 @@ impl ConvNet {
                 h = self.head.activation.apply(z);
             }
         }
-        let [b, c, _, _] = h.dims();
-        let pooled = h.mean_dim(3).mean_dim(2).reshape([b, c]);
-        let n = self.params.len();
-        let w = self.params[n - 2].clone().reshape([c, 1]);
-        let out = pooled.matmul(w) + self.params[n - 1].clone().reshape([1, 1]);
-        (derivs, out)
+        let [b, c, hh, ww] = h.dims();
+        let mut u = match self.config.pool {
+            Pool::Mean => h.mean_dim(3).mean_dim(2).reshape([b, c]),
+            Pool::Flatten => h.reshape([b, c * hh * ww]),
+        };
+        let mut dense_derivs = Vec::new();
+        for m in 0..self.config.hidden.len() {
+            let i = self.dense_index(m);
+            let z = self.affine(u, i);
+            if derivatives {
+                let (a, d) = self.head.activation.apply_with_derivative(z);
+                dense_derivs.push(d);
+                u = a;
+            } else {
+                u = self.head.activation.apply(z);
+            }
+        }
+        let out = self.affine(u, self.params.len() - 2);
+        (
+            Derivatives {
+                conv: derivs,
+                dense: dense_derivs,
+            },
+            out,
+        )
     }
+
+    /// u · W + c with W = params[i] as `[in, out]` and c = params[i + 1].
+    fn affine(&self, u: Tensor<2>, i: usize) -> Tensor<2> {
+        let n_in = u.dims()[1];
+        let n_out = self.params[i + 1].dims()[0];
+        let w = self.params[i].clone().reshape([n_in, n_out]);
+        u.matmul(w) + self.params[i + 1].clone().reshape([1, n_out])
+    }
+
+    /// g_u · Wᵀ for W = params[i] as `[in, out]`: the input gradient of [`Self::affine`].
+    fn affine_vjp(&self, g: Tensor<2>, i: usize) -> Tensor<2> {
+        let n_out = g.dims()[1];
+        let n_in = self.params[i].dims()[0] / n_out;
+        g.matmul(self.params[i].clone().reshape([n_in, n_out]).transpose())
+    }
+
+    /// The input gradient of the raw output from g_{u_M} = dV/d out · wᵀ down to the pool.
+    fn pooled_vjp(&self, dv: Tensor<2>, dense: &mut Vec<Tensor<2>>) -> Tensor<2> {
+        let mut g = self.affine_vjp(dv, self.params.len() - 2);
+        for m in (0..self.config.hidden.len()).rev() {
+            let delta = g * dense.pop().expect("one derivative per dense layer");
+            g = self.affine_vjp(delta, self.dense_index(m));
+        }
+        g
+    }
+}
+
+/// Activation derivatives a'(z) of the layers, in forward order.
+struct Derivatives {
+    conv: Vec<Tensor<4>>,
+    dense: Vec<Tensor<2>>,
 }
 
 impl Potential for ConvNet {
@@ -271,17 +370,18 @@ impl Potential for ConvNet {
         let (v, dv) = self.head.apply(out, true);
         let dv = dv.expect("derivative requested");
         let last = *self.geometry.last().expect("at least one layer");
-        let (h_l, w_l) = (last.h_out, last.w_out);
-        let n = self.params.len();
-        let w = self.params[n - 2].clone().reshape([1, last.c_out]);
-        // g_pooled = dv · wᵀ, spread evenly over the H_L·W_L positions of the mean pool
-        let g_pooled = dv.matmul(w) * (1.0 / (h_l * w_l) as f64);
-        let mut g: Tensor<4> = g_pooled
-            .reshape([b, last.c_out, 1, 1])
-            .expand([b, last.c_out, h_l, w_l]);
+        let (c_l, h_l, w_l) = (last.c_out, last.h_out, last.w_out);
+        let g_pooled = self.pooled_vjp(dv, &mut derivs.dense);
+        let mut g: Tensor<4> = match self.config.pool {
+            // the mean pool spreads its gradient evenly over the H_L·W_L positions
+            Pool::Mean => (g_pooled * (1.0 / (h_l * w_l) as f64))
+                .reshape([b, c_l, 1, 1])
+                .expand([b, c_l, h_l, w_l]),
+            Pool::Flatten => g_pooled.reshape([b, c_l, h_l, w_l]),
+        };
         for l in (0..self.geometry.len()).rev() {
             let geo = self.geometry[l];
-            let delta = g * derivs.pop().expect("one derivative per layer");
+            let delta = g * derivs.conv.pop().expect("one derivative per layer");
             let p = self.config.kernel / 2;
             g = conv_transpose2d(
                 delta,
@@ -299,6 +399,10 @@ impl Model for ConvNet {
         let mut v: Vec<String> = (0..self.geometry.len())
             .flat_map(|l| [format!("convs.{l}.weight"), format!("convs.{l}.bias")])
             .collect();
+        for m in 0..self.config.hidden.len() {
+            v.push(format!("dense.{m}.weight"));
+            v.push(format!("dense.{m}.bias"));
+        }
         v.push("head.weight".into());
         v.push("head.bias".into());
         v

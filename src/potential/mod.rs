@@ -50,7 +50,7 @@ mod tape;
 mod unet_vit;
 
 pub use activation::Activation;
-pub use conv::{ConvConfig, ConvNet, Head};
+pub use conv::{ConvConfig, ConvNet, Head, Pool};
 pub use host_backprop::Recording;
 pub use host_mlp::HostMlp;
 pub use mlp::{Mlp, MlpConfig};

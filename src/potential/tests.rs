@@ -342,8 +342,9 @@ fn recorded_energies_and_gradients_match_the_tensor_mlp() {
     }
 }
 
-/// A small conv net on 2×5×6 images (odd and even sizes, stride 1 and 2 layers).
-fn small_conv(act: Activation, clamp: Option<f64>) -> ConvNet {
+/// A small conv net on 2×5×6 images (odd and even sizes, stride 1 and 2 layers): with the
+/// mean pool straight into the head, or flattened through two dense layers.
+fn small_conv_with(act: Activation, clamp: Option<f64>, pool: Pool) -> ConvNet {
     let cfg = ConvConfig {
         image: crate::data::ImageShape {
             channels: 2,
@@ -353,6 +354,11 @@ fn small_conv(act: Activation, clamp: Option<f64>) -> ConvNet {
         channels: vec![3, 4, 2],
         strides: vec![1, 2, 2],
         kernel: 3,
+        pool,
+        hidden: match pool {
+            Pool::Mean => vec![],
+            Pool::Flatten => vec![5, 3],
+        },
     };
     let head = Head {
         activation: act,
@@ -362,14 +368,25 @@ fn small_conv(act: Activation, clamp: Option<f64>) -> ConvNet {
     cfg.init(head, 6, &cpu(), P).unwrap()
 }
 
+fn small_conv(act: Activation, clamp: Option<f64>) -> ConvNet {
+    small_conv_with(act, clamp, Pool::Mean)
+}
+
+/// Both pool variants of [`small_conv_with`].
+fn small_convs(act: Activation, clamp: Option<f64>) -> [ConvNet; 2] {
+    [Pool::Mean, Pool::Flatten].map(|pool| small_conv_with(act, clamp, pool))
+}
+
 #[test]
 fn conv_input_gradient_matches_finite_differences() {
     let b = 2;
     for act in Activation::ALL {
         for clamp in [None, Some(0.7)] {
-            let m = small_conv(act, clamp);
-            let x = randn(b * m.dim(), 31);
-            check_input_gradient(&m, &x, b, &format!("conv {act:?} clamp {clamp:?}"));
+            for m in small_convs(act, clamp) {
+                let x = randn(b * m.dim(), 31);
+                let pool = m.config().pool;
+                check_input_gradient(&m, &x, b, &format!("conv {act:?} {pool:?} clamp {clamp:?}"));
+            }
         }
     }
 }
@@ -378,14 +395,15 @@ fn conv_input_gradient_matches_finite_differences() {
 fn conv_explicit_gradient_equals_autodiff_input_gradient() {
     let b = 3;
     for act in Activation::ALL {
-        let m = small_conv(act, Some(2.0));
-        let d = m.dim();
-        let x = matrix(randn(b * d, 32), b, d, &cpu_autodiff(), P).require_grad();
-        let grads = m.energy(x.clone()).sum().backward();
-        let auto = to_f64_vec(x.grad(&grads).unwrap());
-        let explicit = to_f64_vec(m.grad(x.without_autodiff()));
-        for (a, e) in auto.iter().zip(&explicit) {
-            assert!((a - e).abs() < 1e-12, "{act:?}: {a} vs {e}");
+        for m in small_convs(act, Some(2.0)) {
+            let d = m.dim();
+            let x = matrix(randn(b * d, 32), b, d, &cpu_autodiff(), P).require_grad();
+            let grads = m.energy(x.clone()).sum().backward();
+            let auto = to_f64_vec(x.grad(&grads).unwrap());
+            let explicit = to_f64_vec(m.grad(x.without_autodiff()));
+            for (a, e) in auto.iter().zip(&explicit) {
+                assert!((a - e).abs() < 1e-12, "{act:?}: {a} vs {e}");
+            }
         }
     }
 }
@@ -394,10 +412,12 @@ fn conv_explicit_gradient_equals_autodiff_input_gradient() {
 fn conv_parameter_gradient_of_a_loss_on_grad_v_matches_finite_differences() {
     let b = 2;
     for act in Activation::ALL {
-        let m = small_conv(act, Some(1.5));
-        let x = randn(b * m.dim(), 33);
-        let c = randn(b * m.dim(), 34);
-        check_parameter_gradient(&m, &x, &c, b, &format!("conv {act:?}"));
+        for m in small_convs(act, Some(1.5)) {
+            let x = randn(b * m.dim(), 33);
+            let c = randn(b * m.dim(), 34);
+            let pool = m.config().pool;
+            check_parameter_gradient(&m, &x, &c, b, &format!("conv {act:?} {pool:?}"));
+        }
     }
 }
 
@@ -439,6 +459,28 @@ fn conv_shapes_and_parameter_count_follow_the_config() {
     };
     let err = cfg.validate("model.conv").unwrap_err().to_string();
     assert!(err.contains("model.conv.strides"), "{err}");
+    // flattened 2×2×2 = 8 features → dense 5 → dense 3 → head
+    let m = small_conv_with(Activation::Silu, None, Pool::Flatten);
+    assert_eq!(
+        m.num_params(),
+        57 + 112 + 74 + (8 * 5 + 5) + (5 * 3 + 3) + 4
+    );
+    let names = m.param_names();
+    assert_eq!(
+        &names[6..10],
+        [
+            "dense.0.weight",
+            "dense.0.bias",
+            "dense.1.weight",
+            "dense.1.bias"
+        ]
+    );
+    let cfg = ConvConfig {
+        hidden: vec![4, 0],
+        ..ConvConfig::default()
+    };
+    let err = cfg.validate("model.conv").unwrap_err().to_string();
+    assert!(err.contains("model.conv.hidden"), "{err}");
 }
 
 /// A small UNet → ViT on 2×4×4 images: two UNet levels with attention at 2×2, GroupNorm with
