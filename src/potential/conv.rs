@@ -285,13 +285,7 @@ impl ConvNet {
                 Some(self.params[2 * l + 1].clone()),
                 self.conv_options(l),
             );
-            if derivatives {
-                let (a, d) = self.head.activation.apply_with_derivative(z);
-                derivs.push(d);
-                h = a;
-            } else {
-                h = self.head.activation.apply(z);
-            }
+            h = self.activate(z, derivatives.then_some(&mut derivs));
         }
         let [b, c, hh, ww] = h.dims();
         let mut u = match self.config.pool {
@@ -302,13 +296,7 @@ impl ConvNet {
         for m in 0..self.config.hidden.len() {
             let i = self.dense_index(m);
             let z = self.affine(u, i);
-            if derivatives {
-                let (a, d) = self.head.activation.apply_with_derivative(z);
-                dense_derivs.push(d);
-                u = a;
-            } else {
-                u = self.head.activation.apply(z);
-            }
+            u = self.activate(z, derivatives.then_some(&mut dense_derivs));
         }
         let out = self.affine(u, self.params.len() - 2);
         (
@@ -318,6 +306,22 @@ impl ConvNet {
             },
             out,
         )
+    }
+
+    /// a(z), pushing a'(z) onto `derivs` when given.
+    fn activate<const D: usize>(
+        &self,
+        z: Tensor<D>,
+        derivs: Option<&mut Vec<Tensor<D>>>,
+    ) -> Tensor<D> {
+        match derivs {
+            Some(derivs) => {
+                let (a, d) = self.head.activation.apply_with_derivative(z);
+                derivs.push(d);
+                a
+            }
+            None => self.head.activation.apply(z),
+        }
     }
 
     /// u · W + c with W = params[i] as `[in, out]` and c = params[i + 1].
