@@ -151,9 +151,8 @@ impl ConvConfig {
         out
     }
 
-    /// Number of features after the pool.
-    fn pooled_features(&self) -> usize {
-        let last = *self.geometry().last().expect("validated");
+    /// Number of features after the pool of the last layer's output.
+    fn pooled_features(&self, last: &ConvGeom) -> usize {
         match self.pool {
             Pool::Mean => last.c_out,
             Pool::Flatten => last.c_out * last.h_out * last.w_out,
@@ -164,12 +163,12 @@ impl ConvConfig {
     /// per dense layer `[in, out]` and `[out]`, then the head `[features, 1]` and `[1]`.
     pub fn param_shapes(&self) -> Vec<Vec<usize>> {
         let k = self.kernel;
-        let mut v: Vec<Vec<usize>> = self
-            .geometry()
+        let geometry = self.geometry();
+        let mut v: Vec<Vec<usize>> = geometry
             .iter()
             .flat_map(|g| [vec![g.c_out, g.c_in, k, k], vec![g.c_out]])
             .collect();
-        let mut features = self.pooled_features();
+        let mut features = self.pooled_features(geometry.last().expect("validated"));
         for &width in &self.hidden {
             v.push(vec![features, width]);
             v.push(vec![width]);
