@@ -74,13 +74,13 @@ impl Default for ConvConfig {
 
 /// One convolution's geometry.
 #[derive(Debug, Clone, Copy, PartialEq)]
-struct ConvGeom {
-    c_in: usize,
-    c_out: usize,
-    stride: usize,
+pub(super) struct ConvGeom {
+    pub(super) c_in: usize,
+    pub(super) c_out: usize,
+    pub(super) stride: usize,
     /// Output spatial size.
-    h_out: usize,
-    w_out: usize,
+    pub(super) h_out: usize,
+    pub(super) w_out: usize,
     /// Output padding of the transposed convolution (per axis).
     out_pad: [usize; 2],
 }
@@ -131,7 +131,8 @@ impl ConvConfig {
         Ok(())
     }
 
-    fn geometry(&self) -> Vec<ConvGeom> {
+    /// Each convolution's geometry, in order.
+    pub(super) fn geometry(&self) -> Vec<ConvGeom> {
         let (k, p) = (self.kernel, self.kernel / 2);
         let (mut c, mut h, mut w) = (self.image.channels, self.image.height, self.image.width);
         let mut out = Vec::new();
@@ -248,6 +249,11 @@ impl ConvNet {
     /// The architecture.
     pub fn config(&self) -> &ConvConfig {
         &self.config
+    }
+
+    /// Activation, output scale and clamp.
+    pub fn head(&self) -> Head {
+        self.head
     }
 
     fn kernel(&self, l: usize) -> Tensor<4> {
@@ -416,4 +422,12 @@ impl Model for ConvNet {
     }
 
     flat_params_model_methods!("ConvNet");
+
+    fn host_field(&self) -> Result<Box<dyn crate::sampler::GradField + '_>> {
+        Ok(Box::new(self.host()?))
+    }
+
+    fn fused_backprop(&self) -> Result<Option<super::Fused>> {
+        self.host().map(|h| Some(super::Fused::Conv(h)))
+    }
 }

@@ -18,13 +18,135 @@ use rayon::prelude::*;
 
 use super::host_mlp::{activate, dot, gemm_into};
 use super::HostMlp;
+use crate::sampler::GradField;
 
-/// Rows per independent block of work. Fixed (not per thread) so that the summation order,
-/// and hence every bit of the result, does not depend on the thread count.
-const CHUNK_ROWS: usize = 64;
+/// A network whose training-step gradients are derived by hand and run on f32 host buffers,
+/// one block of rows at a time: the forward and input-gradient passes are recorded per block
+/// ([`FusedBackprop::record`]), then reverse mode through both gives ∂L/∂θ for a loss
+/// L(V, ∇ₓV) ([`FusedBackprop::param_grads`]). Blocks have a fixed size (not per thread), so
+/// the summation order, and hence every bit of the result, does not depend on the thread
+/// count.
+pub trait FusedBackprop: GradField + Send + Sync {
+    /// What the reverse sweep needs from one block.
+    type Tape: RecordedBlock + Send + Sync;
+    /// Rows per block.
+    const BLOCK_ROWS: usize;
 
-/// One block of rows after the forward pass and the input-gradient pass.
-struct ChunkTape {
+    /// The forward and input-gradient passes over the `n` rows of `x` (one block).
+    fn record_block(&self, x: &[f32], n: usize) -> Self::Tape;
+
+    /// ∂L/∂θ of one block, every parameter present (zeros where L does not reach it).
+    fn block_param_grads(
+        &self,
+        tape: &Self::Tape,
+        d_energy: Option<&[f32]>,
+        d_grad: Option<&[f32]>,
+    ) -> Vec<Vec<f32>>;
+
+    /// Which biases the loss depends on (in parameter order, one per weight–bias pair), given
+    /// whether it depends on V and on ∇ₓV: autodiff reports no gradient for the others.
+    fn biases_reached(&self, energy: bool, grad: bool) -> Vec<bool>;
+
+    /// A zero gradient for every parameter, in canonical order.
+    fn zero_grads(&self) -> Vec<Vec<f32>>;
+
+    /// Runs the forward and input-gradient passes over the `n` rows of `x`, on all threads.
+    fn record(&self, x: &[f32], n: usize) -> Recording<Self::Tape> {
+        let d = self.dim();
+        let chunks = x[..n * d]
+            .par_chunks(Self::BLOCK_ROWS * d)
+            .map(|xc| self.record_block(xc, xc.len() / d))
+            .collect();
+        Recording { chunks }
+    }
+
+    /// ∂L/∂θ for a loss L whose derivatives with respect to the recorded energies
+    /// (`d_energy`, one per row) and input gradients (`d_grad`, `len · dim`) are given; `None`
+    /// means L does not depend on them. Flattened in the [`super::Model`] canonical order; a
+    /// bias is `None` when L does not depend on it (as autodiff reports it).
+    fn param_grads(
+        &self,
+        rec: &Recording<Self::Tape>,
+        d_energy: Option<&[f32]>,
+        d_grad: Option<&[f32]>,
+    ) -> Vec<Option<Vec<f32>>> {
+        let mut offsets = Vec::with_capacity(rec.chunks.len());
+        let mut at = 0;
+        for c in &rec.chunks {
+            offsets.push(at);
+            at += c.rows();
+        }
+        let d = self.dim();
+        let partials: Vec<Vec<Vec<f32>>> = rec
+            .chunks
+            .par_iter()
+            .zip(offsets)
+            .map(|(c, r0)| {
+                let rows = r0..r0 + c.rows();
+                let de = d_energy.map(|e| &e[rows.clone()]);
+                let dg = d_grad.map(|g| &g[rows.start * d..rows.end * d]);
+                self.block_param_grads(c, de, dg)
+            })
+            .collect();
+        let mut total = self.zero_grads();
+        for p in partials {
+            for (t, g) in total.iter_mut().zip(p) {
+                t.iter_mut().zip(g).for_each(|(a, b)| *a += b);
+            }
+        }
+        let reached = self.biases_reached(d_energy.is_some(), d_grad.is_some());
+        total
+            .into_iter()
+            .enumerate()
+            .map(|(k, g)| (k % 2 == 0 || reached[k / 2]).then_some(g))
+            .collect()
+    }
+}
+
+/// The per-block results every [`FusedBackprop::Tape`] carries.
+pub trait RecordedBlock {
+    /// Rows in the block.
+    fn rows(&self) -> usize;
+    /// V of every row.
+    fn energy(&self) -> &[f32];
+    /// ∇ₓV of every row, row-major.
+    fn grad(&self) -> &[f32];
+}
+
+/// A forward pass of a [`FusedBackprop`] network over a batch, block by block, keeping what
+/// [`FusedBackprop::param_grads`] needs; also the batch's energies and input gradients.
+pub struct Recording<T> {
+    chunks: Vec<T>,
+}
+
+impl<T: RecordedBlock> Recording<T> {
+    /// Number of rows.
+    pub fn len(&self) -> usize {
+        self.chunks.iter().map(|c| c.rows()).sum()
+    }
+
+    /// True when there are no rows.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// V of every row.
+    pub fn energies(&self) -> Vec<f32> {
+        self.chunks
+            .iter()
+            .flat_map(|c| c.energy().to_vec())
+            .collect()
+    }
+
+    /// ∇ₓV of every row (`len · dim` values, row-major).
+    pub fn grads(&self) -> Vec<f32> {
+        self.chunks.iter().flat_map(|c| c.grad().to_vec()).collect()
+    }
+}
+
+/// One block of rows of a [`HostMlp`] after the forward pass and the input-gradient pass
+/// (opaque outside the crate).
+pub struct ChunkTape {
     rows: usize,
     x: Vec<f32>,
     /// h_{l+1} for each hidden layer.
@@ -42,31 +164,57 @@ struct ChunkTape {
     grad: Vec<f32>,
 }
 
-/// A forward pass of a [`HostMlp`] over a batch, keeping what [`HostMlp::param_grads`] needs;
-/// also the batch's energies and input gradients.
-pub struct Recording {
-    chunks: Vec<ChunkTape>,
+impl RecordedBlock for ChunkTape {
+    fn rows(&self) -> usize {
+        self.rows
+    }
+
+    fn energy(&self) -> &[f32] {
+        &self.energy
+    }
+
+    fn grad(&self) -> &[f32] {
+        &self.grad
+    }
 }
 
-impl Recording {
-    /// Number of rows.
-    pub fn len(&self) -> usize {
-        self.chunks.iter().map(|c| c.rows).sum()
+impl FusedBackprop for HostMlp {
+    type Tape = ChunkTape;
+    const BLOCK_ROWS: usize = 64;
+
+    fn record_block(&self, x: &[f32], n: usize) -> ChunkTape {
+        self.record_chunk(x, n)
     }
 
-    /// True when there are no rows.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
+    fn block_param_grads(
+        &self,
+        tape: &ChunkTape,
+        d_energy: Option<&[f32]>,
+        d_grad: Option<&[f32]>,
+    ) -> Vec<Vec<f32>> {
+        self.chunk_backprop(tape, d_energy, d_grad, false).0
     }
 
-    /// V of every row.
-    pub fn energies(&self) -> Vec<f32> {
-        self.chunks.iter().flat_map(|c| c.energy.clone()).collect()
+    fn zero_grads(&self) -> Vec<Vec<f32>> {
+        let mut out = Vec::new();
+        for layer in &self.hidden {
+            out.push(vec![0.0; layer.fan_in * layer.fan_out]);
+            out.push(vec![0.0; layer.fan_out]);
+        }
+        out.push(vec![0.0; self.out_w.len()]);
+        out.push(vec![0.0]);
+        out
     }
 
-    /// ∇ₓV of every row (`len · dim` values, row-major).
-    pub fn grads(&self) -> Vec<f32> {
-        self.chunks.iter().flat_map(|c| c.grad.clone()).collect()
+    /// All biases through V; through ∇ₓV only via a curved head (the clamp) or a curved
+    /// activation (a'' ≠ 0, not ReLU) at or above the layer.
+    fn biases_reached(&self, energy: bool, grad: bool) -> Vec<bool> {
+        let mut reached = vec![energy || self.curved_above(grad, self.hidden.len())];
+        for l in (0..self.hidden.len()).rev() {
+            reached.push(energy || self.curved_above(grad, l));
+        }
+        reached.reverse();
+        reached
     }
 }
 
@@ -84,17 +232,7 @@ impl HostMlp {
         }
     }
 
-    /// Runs the forward and input-gradient passes over the `n` rows of `x`, on all threads.
-    pub fn record(&self, x: &[f32], n: usize) -> Recording {
-        let d = self.dim;
-        let chunks = x[..n * d]
-            .par_chunks(CHUNK_ROWS * d)
-            .map(|xc| self.record_chunk(xc, xc.len() / d))
-            .collect();
-        Recording { chunks }
-    }
-
-    fn record_chunk(&self, x: &[f32], n: usize) -> ChunkTape {
+    pub(super) fn record_chunk(&self, x: &[f32], n: usize) -> ChunkTape {
         let layers = self.hidden.len();
         let mut acts: Vec<Vec<f32>> = Vec::with_capacity(layers);
         let (mut d1, mut d2) = (Vec::with_capacity(layers), Vec::with_capacity(layers));
@@ -159,81 +297,25 @@ impl HostMlp {
         }
     }
 
-    /// ∂L/∂θ for a loss L whose derivatives with respect to the recorded energies
-    /// (`d_energy`, one per row) and input gradients (`d_grad`, `len · dim`) are given; `None`
-    /// means L does not depend on them. Flattened in the [`super::Model`] canonical order
-    /// (weight `[in, out]`, bias per layer); a bias is `None` when L does not depend on it
-    /// (as autodiff reports it).
-    pub fn param_grads(
-        &self,
-        rec: &Recording,
-        d_energy: Option<&[f32]>,
-        d_grad: Option<&[f32]>,
-    ) -> Vec<Option<Vec<f32>>> {
-        let mut offsets = Vec::with_capacity(rec.chunks.len());
-        let mut at = 0;
-        for c in &rec.chunks {
-            offsets.push(at);
-            at += c.rows;
-        }
-        let d = self.dim;
-        let partials: Vec<Vec<Vec<f32>>> = rec
-            .chunks
-            .par_iter()
-            .zip(offsets)
-            .map(|(c, r0)| {
-                let rows = r0..r0 + c.rows;
-                let de = d_energy.map(|e| &e[rows.clone()]);
-                let dg = d_grad.map(|g| &g[rows.start * d..rows.end * d]);
-                self.chunk_param_grads(c, de, dg)
-            })
-            .collect();
-        let mut total = self.zero_grads();
-        for p in partials {
-            for (t, g) in total.iter_mut().zip(p) {
-                t.iter_mut().zip(g).for_each(|(a, b)| *a += b);
-            }
-        }
-        let reached = self.biases_reached(d_energy.is_some(), d_grad.is_some());
-        total
-            .into_iter()
-            .enumerate()
-            .map(|(k, g)| (k % 2 == 0 || reached[k / 2]).then_some(g))
-            .collect()
+    /// Whether ∇ₓV reaches hidden layer `l`'s pre-activation through a curved map (a'' ≠ 0):
+    /// a curved activation at layer `l` or above, or the soft-clamped head (`l` = the number of
+    /// hidden layers asks about the head alone).
+    pub(super) fn curved_above(&self, grad: bool, l: usize) -> bool {
+        grad && (self.clamp.is_some()
+            || self.hidden[l..]
+                .iter()
+                .any(|layer| layer.act != super::Activation::Relu))
     }
 
-    /// Which biases (hidden layers, then the output) the loss depends on: all of them through
-    /// V; through ∇ₓV only via a curved head (the clamp) or a curved activation (a'' ≠ 0, not
-    /// ReLU) at or above the layer.
-    fn biases_reached(&self, energy: bool, grad: bool) -> Vec<bool> {
-        let curved_head = grad && self.clamp.is_some();
-        let mut reached = vec![energy || curved_head];
-        let mut curved_above = curved_head;
-        for layer in self.hidden.iter().rev() {
-            curved_above |= grad && layer.act != super::Activation::Relu;
-            reached.push(energy || curved_above);
-        }
-        reached.reverse();
-        reached
-    }
-
-    fn zero_grads(&self) -> Vec<Vec<f32>> {
-        let mut out = Vec::new();
-        for layer in &self.hidden {
-            out.push(vec![0.0; layer.fan_in * layer.fan_out]);
-            out.push(vec![0.0; layer.fan_out]);
-        }
-        out.push(vec![0.0; self.out_w.len()]);
-        out.push(vec![0.0]);
-        out
-    }
-
-    fn chunk_param_grads(
+    /// ∂L/∂θ of one block and, when `want_input`, ∂L/∂x (what a network feeding this one
+    /// continues its reverse sweep with).
+    pub(super) fn chunk_backprop(
         &self,
         c: &ChunkTape,
         d_energy: Option<&[f32]>,
         d_grad: Option<&[f32]>,
-    ) -> Vec<Vec<f32>> {
+        want_input: bool,
+    ) -> (Vec<Vec<f32>>, Option<Vec<f32>>) {
         let n = c.rows;
         let layers = self.hidden.len();
         let width = self.out_w.len();
@@ -319,11 +401,42 @@ impl HostMlp {
                     .zip(row)
                     .for_each(|(a, b)| *a += b);
             }
-            if l > 0 {
+            if l > 0 || want_input {
                 h_bar = vec![0.0; n * fi];
                 gemm_into(&mut h_bar, (&z, false), (&layer.w, true), n, fo, fi, false);
             }
         }
-        grads
+        (grads, want_input.then_some(h_bar))
+    }
+}
+
+/// The fused host form of a model that has one.
+pub enum Fused {
+    /// An [`super::Mlp`]'s.
+    Mlp(HostMlp),
+    /// A [`super::ConvNet`]'s.
+    Conv(super::HostConv),
+}
+
+impl GradField for Fused {
+    fn dim(&self) -> usize {
+        match self {
+            Fused::Mlp(h) => h.dim(),
+            Fused::Conv(h) => h.dim(),
+        }
+    }
+
+    fn grad(&self, x: &[f32], n: usize, out: &mut [f32], scratch: &mut crate::sampler::Scratch) {
+        match self {
+            Fused::Mlp(h) => h.grad(x, n, out, scratch),
+            Fused::Conv(h) => h.grad(x, n, out, scratch),
+        }
+    }
+
+    fn energy(&self, x: &[f32], n: usize, out: &mut [f32], scratch: &mut crate::sampler::Scratch) {
+        match self {
+            Fused::Mlp(h) => h.energy(x, n, out, scratch),
+            Fused::Conv(h) => h.energy(x, n, out, scratch),
+        }
     }
 }

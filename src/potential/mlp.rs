@@ -256,8 +256,8 @@ impl Model for Mlp {
         Ok(Box::new(self.host()?))
     }
 
-    fn fused_backprop(&self) -> Result<Option<super::HostMlp>> {
-        self.host().map(Some)
+    fn fused_backprop(&self) -> Result<Option<super::Fused>> {
+        self.host().map(|h| Some(super::Fused::Mlp(h)))
     }
 
     fn flat_grads(&self, grads: &Gradients) -> Vec<Option<Tensor<1>>> {

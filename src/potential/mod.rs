@@ -42,6 +42,7 @@ macro_rules! flat_params_model_methods {
 mod activation;
 mod conv;
 mod host_backprop;
+mod host_conv;
 mod host_mlp;
 mod mlp;
 mod network;
@@ -51,7 +52,8 @@ mod unet_vit;
 
 pub use activation::Activation;
 pub use conv::{ConvConfig, ConvNet, Head, Pool};
-pub use host_backprop::Recording;
+pub use host_backprop::{Fused, FusedBackprop, RecordedBlock, Recording};
+pub use host_conv::HostConv;
 pub use host_mlp::HostMlp;
 pub use mlp::{Mlp, MlpConfig};
 pub use network::{ModelConfig, ModelKind, Network};
@@ -110,8 +112,8 @@ pub trait Model: Potential + Clone {
         }))
     }
     /// The fused f32 host form that computes training-step gradients without autodiff
-    /// ([`HostMlp::param_grads`]), where the model has one.
-    fn fused_backprop(&self) -> Result<Option<HostMlp>> {
+    /// ([`FusedBackprop::param_grads`]), where the model has one.
+    fn fused_backprop(&self) -> Result<Option<Fused>> {
         Ok(None)
     }
     /// Total number of scalar parameters.

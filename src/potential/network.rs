@@ -6,7 +6,7 @@ use burn::tensor::{Device, Gradients, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Activation, ConvConfig, ConvNet, Head, HostMlp, Mlp, MlpConfig, Model, Potential, UNetVit,
+    Activation, ConvConfig, ConvNet, Fused, Head, Mlp, MlpConfig, Model, Potential, UNetVit,
     UNetVitConfig,
 };
 use crate::backend::Precision;
@@ -239,7 +239,7 @@ impl Model for Network {
         each!(self, m => m.host_field())
     }
 
-    fn fused_backprop(&self) -> Result<Option<HostMlp>> {
+    fn fused_backprop(&self) -> Result<Option<Fused>> {
         each!(self, m => m.fused_backprop())
     }
 }

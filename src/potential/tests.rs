@@ -220,7 +220,7 @@ type LossParts<'a> = (Option<&'a [f64]>, Option<&'a [f64]>);
 /// L = Σ α_b V_b + Σ c·∇ₓV + ½‖∇ₓV‖² through burn's autodiff (the reference), with either
 /// part switched off.
 fn mixed_loss(
-    m: &Mlp,
+    m: &dyn Potential,
     x: &[f64],
     (alpha, c): LossParts<'_>,
     b: usize,
@@ -249,17 +249,115 @@ fn grad_loss_terms(
     (g.clone() * c).sum() + g.powi_scalar(2).sum() * 0.5
 }
 
+/// The fused host backward pass of `m` (as `host`) gives the parameter gradients that
+/// autodiff gives over the explicit ∇ₓV, for a loss on V and ∇ₓV, on either alone, and
+/// reports no gradient for exactly the same biases.
+fn check_fused_backprop<M: Model, N: FusedBackprop>(
+    m: &M,
+    host: &N,
+    b: usize,
+    seed: u64,
+    label: &str,
+) {
+    let d = m.dim();
+    let x = randn(b * d, seed);
+    let c = randn(b * d, seed + 1);
+    let alpha: Vec<f64> = randn(b, seed + 2);
+    let x32: Vec<f32> = x.iter().map(|&v| v as f32).collect();
+    let rec = host.record(&x32, b);
+    let g_host = rec.grads();
+    // seeds of the same loss: ∂L/∂V = α, ∂L/∂∇V = c + ∇V
+    let d_grad: Vec<f32> = c.iter().zip(&g_host).map(|(c, g)| *c as f32 + g).collect();
+    let d_energy: Vec<f32> = alpha.iter().map(|&a| a as f32).collect();
+    let cases: [LossParts<'_>; 3] = [
+        (Some(&alpha), Some(&c)),
+        (None, Some(&c)),
+        (Some(&alpha), None),
+    ];
+    for (a, cc) in cases {
+        let tracked = m.tracked();
+        let grads = mixed_loss(&tracked, &x, (a, cc), b, d).backward();
+        let reference = tracked.flat_grads(&grads);
+        let fused = host.param_grads(
+            &rec,
+            a.map(|_| d_energy.as_slice()),
+            cc.map(|_| d_grad.as_slice()),
+        );
+        let case = format!("{label} energy {} grad {}", a.is_some(), cc.is_some());
+        assert_eq!(reference.len(), fused.len());
+        for (k, (r, f)) in reference.into_iter().zip(fused).enumerate() {
+            let r = r.map(to_f64_vec);
+            match (r, f) {
+                (None, None) => {}
+                (Some(r), Some(f)) => {
+                    assert_eq!(r.len(), f.len(), "{case}: param {k} size");
+                    let scale = r.iter().fold(1e-3f64, |m, v| m.max(v.abs()));
+                    for (i, (rv, fv)) in r.iter().zip(&f).enumerate() {
+                        assert!(
+                            (rv - *fv as f64).abs() < 2e-4 * scale,
+                            "{case}: param {k}[{i}] {rv} vs {fv}"
+                        );
+                    }
+                }
+                (r, f) => panic!(
+                    "{case}: param {k} has a gradient in one path only ({} vs {})",
+                    r.is_some(),
+                    f.is_some()
+                ),
+            }
+        }
+    }
+}
+
+/// Energies and input gradients of the host form against the tensor network.
+fn check_recording<N: FusedBackprop>(m: &dyn Potential, host: &N, b: usize, seed: u64) {
+    let d = m.dim();
+    let x = randn(b * d, seed);
+    let (e, g) = m.energy_and_grad(matrix(x.clone(), b, d, &cpu(), P));
+    let x32: Vec<f32> = x.iter().map(|&v| v as f32).collect();
+    let rec = host.record(&x32, b);
+    assert_eq!(rec.len(), b);
+    let mut field_grad = vec![0.0f32; b * d];
+    let mut field_energy = vec![0.0f32; b];
+    let mut scratch = crate::sampler::Scratch::default();
+    host.grad(&x32, b, &mut field_grad, &mut scratch);
+    host.energy(&x32, b, &mut field_energy, &mut scratch);
+    let (e, g) = (to_f64_vec(e), to_f64_vec(g));
+    for (want, got) in [
+        (&e, rec.energies()),
+        (&g, rec.grads()),
+        (&e, field_energy),
+        (&g, field_grad),
+    ] {
+        assert_eq!(want.len(), got.len());
+        let scale = want.iter().fold(1.0f64, |m, v| m.max(v.abs()));
+        for (w, v) in want.iter().zip(got) {
+            assert!((w - v as f64).abs() < 1e-5 * scale, "{w} vs {v}");
+        }
+    }
+}
+
+fn mlp_host(m: &Mlp) -> HostMlp {
+    match m.fused_backprop().unwrap() {
+        Some(Fused::Mlp(h)) => h,
+        _ => panic!("an MLP has a fused MLP form"),
+    }
+}
+
+fn conv_host(m: &ConvNet) -> HostConv {
+    match m.fused_backprop().unwrap() {
+        Some(Fused::Conv(h)) => h,
+        _ => panic!("a conv net has a fused conv form"),
+    }
+}
+
 #[test]
 fn fused_host_backprop_equals_autodiff_over_the_explicit_gradient() {
     // 150 rows: three blocks of work, the last one partial
-    let (b, d) = (150, 3);
-    let x = randn(b * d, 11);
-    let c = randn(b * d, 12);
-    let alpha: Vec<f64> = randn(b, 13);
     for act in Activation::ALL {
         for clamp in [None, Some(1.2)] {
             let cfg = MlpConfig {
-                dim: d,
+                dim: 3,
                 hidden: vec![9, 7, 6],
                 activation: act,
                 first_activation: Some(Activation::Relu),
@@ -267,79 +365,57 @@ fn fused_host_backprop_equals_autodiff_over_the_explicit_gradient() {
                 energy_clamp: clamp,
             };
             let m = cfg.init(5, &cpu(), P).unwrap();
-            let host = m
-                .fused_backprop()
-                .unwrap()
-                .expect("an MLP has a fused form");
-            let x32: Vec<f32> = x.iter().map(|&v| v as f32).collect();
-            let rec = host.record(&x32, b);
-            let g_host = rec.grads();
-            // seeds of the same loss: ∂L/∂V = α, ∂L/∂∇V = c + ∇V
-            let d_grad: Vec<f32> = c.iter().zip(&g_host).map(|(c, g)| *c as f32 + g).collect();
-            let d_energy: Vec<f32> = alpha.iter().map(|&a| a as f32).collect();
-            let cases: [LossParts<'_>; 3] = [
-                (Some(&alpha), Some(&c)),
-                (None, Some(&c)),
-                (Some(&alpha), None),
-            ];
-            for (a, cc) in cases {
-                let tracked = m.tracked();
-                let grads = mixed_loss(&tracked, &x, (a, cc), b, d).backward();
-                let reference = tracked.flat_grads(&grads);
-                let fused = host.param_grads(
-                    &rec,
-                    a.map(|_| d_energy.as_slice()),
-                    cc.map(|_| d_grad.as_slice()),
-                );
-                let case = format!(
-                    "{act:?} clamp {clamp:?} energy {} grad {}",
-                    a.is_some(),
-                    cc.is_some()
-                );
-                assert_eq!(reference.len(), fused.len());
-                for (k, (r, f)) in reference.into_iter().zip(fused).enumerate() {
-                    let r = r.map(to_f64_vec);
-                    match (r, f) {
-                        (None, None) => {}
-                        (Some(r), Some(f)) => {
-                            let scale = r.iter().fold(1e-3f64, |m, v| m.max(v.abs()));
-                            for (i, (rv, fv)) in r.iter().zip(&f).enumerate() {
-                                assert!(
-                                    (rv - *fv as f64).abs() < 2e-4 * scale,
-                                    "{case}: param {k}[{i}] {rv} vs {fv}"
-                                );
-                            }
-                        }
-                        (r, f) => panic!(
-                            "{case}: param {k} has a gradient in one path only ({} vs {})",
-                            r.is_some(),
-                            f.is_some()
-                        ),
-                    }
-                }
-            }
+            check_fused_backprop(
+                &m,
+                &mlp_host(&m),
+                150,
+                11,
+                &format!("{act:?} clamp {clamp:?}"),
+            );
         }
     }
 }
 
 #[test]
 fn recorded_energies_and_gradients_match_the_tensor_mlp() {
-    let (b, d) = (70, 3);
     let m = small_mlp(Activation::Gelu, Some(0.9));
-    let x = randn(b * d, 21);
-    let (e, g) = m.energy_and_grad(matrix(x.clone(), b, d, &cpu(), P));
-    let x32: Vec<f32> = x.iter().map(|&v| v as f32).collect();
-    let rec = m.fused_backprop().unwrap().unwrap().record(&x32, b);
-    assert_eq!(rec.len(), b);
-    for (want, got) in [
-        (to_f64_vec(e), rec.energies()),
-        (to_f64_vec(g), rec.grads()),
-    ] {
-        assert_eq!(want.len(), got.len());
-        for (w, v) in want.iter().zip(got) {
-            assert!((w - v as f64).abs() < 1e-5 * w.abs().max(1.0), "{w} vs {v}");
+    check_recording(&m, &mlp_host(&m), 70, 21);
+}
+
+#[test]
+fn fused_conv_backprop_equals_autodiff_over_the_explicit_gradient() {
+    // 70 images: three blocks, the last one partial
+    for act in Activation::ALL {
+        for clamp in [None, Some(0.9)] {
+            for m in small_convs(act, clamp) {
+                let label = format!("conv {act:?} {:?} clamp {clamp:?}", m.config().pool);
+                check_fused_backprop(&m, &conv_host(&m), 70, 41, &label);
+            }
         }
     }
+}
+
+#[test]
+fn fused_conv_energies_and_gradients_match_the_tensor_conv_net() {
+    for act in [Activation::Silu, Activation::Relu] {
+        for m in small_convs(act, Some(2.0)) {
+            check_recording(&m, &conv_host(&m), 37, 51);
+        }
+    }
+    // the MNIST geometry (28×28, strides 1, 2, 2, flatten + dense)
+    let cfg = ConvConfig {
+        channels: vec![4, 6, 5],
+        pool: Pool::Flatten,
+        hidden: vec![8],
+        ..ConvConfig::default()
+    };
+    let head = Head {
+        activation: Activation::Silu,
+        output_scale: 10.0,
+        energy_clamp: None,
+    };
+    let m = cfg.init(head, 3, &cpu(), P).unwrap();
+    check_recording(&m, &conv_host(&m), 33, 52);
 }
 
 /// A small conv net on 2×5×6 images (odd and even sizes, stride 1 and 2 layers): with the

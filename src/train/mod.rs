@@ -31,8 +31,8 @@ pub enum FlowWeighting {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Backprop {
-    /// The hand-derived f32 host backward pass ([`crate::potential::HostMlp::param_grads`])
-    /// where the model has one (MLPs at f32 precision); autodiff otherwise.
+    /// The hand-derived f32 host backward pass ([`crate::potential::FusedBackprop`]) where the
+    /// model has one (MLPs and conv nets at f32 precision); autodiff otherwise.
     Fused,
     /// burn's first-order autodiff over the explicit ∇ₓV (any model, any precision).
     Autodiff,

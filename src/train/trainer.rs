@@ -9,7 +9,7 @@ use super::optim::{ema_update, Adam, OptimConfig};
 use super::{Backprop, EnergyStats, FlowWeighting, TrainConfig};
 use crate::backend::{from_points, scalar, to_f64_vec, vector_f32, Precision};
 use crate::data::DataSource;
-use crate::potential::{HostMlp, Model};
+use crate::potential::{Fused, FusedBackprop, Model};
 use crate::rng::{normal, stream, uniform, Purpose, Rng};
 use crate::sampler::GradField;
 use crate::schedule::Schedule;
@@ -243,14 +243,15 @@ impl<M: Model> Trainer<M> {
         phase: Phase,
         flow: FlowBatch<'_>,
         contrast: Option<(Points, Points)>,
-        fused: Option<HostMlp>,
+        fused: Option<Fused>,
     ) -> Result<StepStats> {
         let flow_weight = match phase {
             Phase::Phase1 => 1.0,
             Phase::Phase2 => self.train.flow_loss_weight,
         };
         let ev = match fused {
-            Some(host) => self.evaluate_fused(&host, flow, flow_weight, contrast),
+            Some(Fused::Mlp(host)) => self.evaluate_fused(&host, flow, flow_weight, contrast),
+            Some(Fused::Conv(host)) => self.evaluate_fused(&host, flow, flow_weight, contrast),
             None if self.state.model.dim() <= SERIAL_MAX_DIM => {
                 serial_pool().install(|| self.evaluate_autodiff(flow, flow_weight, contrast))
             }
@@ -343,10 +344,10 @@ impl<M: Model> Trainer<M> {
         }
     }
 
-    /// The same loss terms and gradients by the fused host backward pass of an MLP.
-    fn evaluate_fused(
+    /// The same loss terms and gradients by the fused host backward pass of a network.
+    fn evaluate_fused<N: FusedBackprop>(
         &self,
-        host: &HostMlp,
+        host: &N,
         (xt, u, w): FlowBatch<'_>,
         flow_weight: f64,
         contrast: Option<(Points, Points)>,

@@ -19,6 +19,7 @@ use energy_matching::sampler::{
     sample, step, Drift, SampleRequest, SamplerConfig, SamplerKind, Scratch,
 };
 use energy_matching::train::Trainer;
+use rayon::prelude::*;
 
 /// Benchmark options.
 #[derive(Args)]
@@ -121,22 +122,30 @@ fn net_rows(path: &std::path::Path, a: &BenchArgs) -> Result<Rows> {
             "ms".into(),
         ));
     }
+    // ∇V as samplers and Langevin negatives evaluate it: the host field, one block per thread
+    let field = model.host_field()?;
+    let dim = model.dim();
+    let threads = rayon::current_num_threads().max(1);
+    let block = a.batch.div_ceil(threads);
     let mut r = stream(3, Purpose::Eval, 0);
-    let x = from_points(
-        &Toy::StandardNormal.sample(a.batch, model.dim(), &mut r),
-        &compute(),
-        Precision::F32,
-    );
+    let x = Toy::StandardNormal.sample(a.batch, dim, &mut r).into_vec();
+    let mut g = vec![0.0f32; x.len()];
     let ms = time_ms(a.reps, || {
-        std::hint::black_box(model.grad(x.clone()));
+        g.par_chunks_mut(block * dim)
+            .zip(x.par_chunks(block * dim))
+            .for_each(|(g, x)| {
+                let mut scratch = Scratch::default();
+                field.grad(x, x.len() / dim, g, &mut scratch);
+            });
+        std::hint::black_box(&g);
     });
     rows.push((format!("∇V, batch {b}"), ms, "ms".into()));
     let steps = 4;
     let sc = SamplerConfig {
         t_end: steps as f64 * cfg.sample.dt,
+        chunk: block,
         ..cfg.sample.clone()
     };
-    let dim = model.dim();
     let src =
         move |r: &mut energy_matching::rng::Rng| Toy::StandardNormal.sample(1, dim, r).into_vec();
     let req = SampleRequest {
@@ -147,7 +156,6 @@ fn net_rows(path: &std::path::Path, a: &BenchArgs) -> Result<Rows> {
         seed: 0,
         first_index: 0,
     };
-    let field = model.host_field()?;
     let drift = Drift::new(field.as_ref());
     let ms = time_ms(a.reps, || {
         std::hint::black_box(sample(&drift, &req, &|_, _, _, _| {}).expect("samples"));

@@ -1,0 +1,572 @@
+//! [`HostConv`]: an f32 copy of a [`ConvNet`] on fused host kernels — im2col + `gemm` for every
+//! convolution, its transpose (gemm + col2im) for the input gradient — with the training-step
+//! parameter gradient derived by hand ([`FusedBackprop`]), like [`HostMlp`] for MLPs. The
+//! dense layers and the head *are* a [`HostMlp`] over the pooled features.
+//!
+//! Layout: inside a block of n images every map is channel-major, `[C, n, H, W]`, so that one
+//! gemm per layer covers the block: z_l = W_l · cols(h_l) with W_l as `[C_out, C_in·k²]` and
+//! cols(h) the `[C_in·k², n·H_out·W_out]` patch matrix.
+//!
+//! Notation: z_l = conv(h_l, W_l) + b_l, h_{l+1} = a(z_l), h_0 = x; u = pool(h_L) feeds the MLP.
+//! Input gradient: γ_L = pool*(∇_u V), δ_l = γ_{l+1} ⊙ a'(z_l), γ_l = convᵀ(δ_l, W_l)
+//! (= col2im(W_lᵀ δ_l)), ∇ₓV = γ_0.
+//!
+//! Reverse mode for a loss L(V, ∇ₓV) with seeds ē = ∂L/∂V and Ḡ = ∂L/∂∇ₓV:
+//! - up the backward chain (Γ_l = ∂L/∂γ_l, Γ_0 = Ḡ): ∂W_l += δ_l · cols(Γ_l)ᵀ,
+//!   Δ_l = W_l · cols(Γ_l) (a convolution of Γ_l), S_l = Δ_l ⊙ γ_{l+1} ⊙ a''(z_l),
+//!   Γ_{l+1} = Δ_l ⊙ a'(z_l);
+//! - the MLP's own reverse sweep with seeds ē and pool(Γ_L) gives its parameter gradients and
+//!   H_u = ∂L/∂u;
+//! - down the forward chain (H_L = pool*(H_u)): Z_l = H_{l+1} ⊙ a'(z_l) + S_l,
+//!   ∂W_l += Z_l · cols(h_l)ᵀ, ∂b_l = Σ Z_l, H_l = convᵀ(Z_l, W_l).
+//!
+//! Invariant: energies, input gradients and parameter gradients equal those of the tensor
+//! [`ConvNet`] and of autodiff over its explicit ∇ₓV (tests in `potential/tests.rs`).
+
+use std::cell::RefCell;
+
+use super::conv::{ConvNet, Pool};
+use super::host_backprop::{ChunkTape, FusedBackprop, RecordedBlock};
+use super::host_mlp::{activate, gemm_into, Dense};
+use super::{Activation, HostMlp, Model};
+use crate::backend::to_f64_vec;
+use crate::sampler::{GradField, Scratch};
+use crate::Result;
+
+/// One convolution on host buffers.
+struct ConvLayer {
+    /// `[C_out, C_in·k·k]`, row-major (the `[C_out, C_in, k, k]` kernel).
+    w: Vec<f32>,
+    b: Vec<f32>,
+    c_in: usize,
+    c_out: usize,
+    stride: usize,
+    h_in: usize,
+    w_in: usize,
+    h_out: usize,
+    w_out: usize,
+    act: Activation,
+}
+
+/// The f32 host form of a [`ConvNet`].
+pub struct HostConv {
+    kernel: usize,
+    layers: Vec<ConvLayer>,
+    pool: Pool,
+    /// Dense layers and head over the pooled features.
+    dense: HostMlp,
+    /// Zeros as wide as the widest map of a block (the activation kernel's bias row).
+    zeros: Vec<f32>,
+}
+
+/// Images per block: a fixed number, so that results do not depend on the thread count.
+const BLOCK_IMAGES: usize = 32;
+
+/// One block of images after the forward pass and the input-gradient pass.
+#[derive(Default)]
+pub struct ConvTape {
+    rows: usize,
+    /// cols(h_l) of each layer.
+    cols: Vec<Vec<f32>>,
+    /// a'(z_l), δ_l and γ_{l+1} ⊙ a''(z_l) of each layer (`[C_out, n, H_out, W_out]`).
+    d1: Vec<Vec<f32>>,
+    delta: Vec<Vec<f32>>,
+    curv: Vec<Vec<f32>>,
+    /// h_0 (channel-major) and a work map.
+    maps: [Vec<f32>; 2],
+    /// A patch-matrix work buffer.
+    work: Vec<f32>,
+    /// The MLP's block over the pooled features.
+    dense: Option<ChunkTape>,
+    grad: Vec<f32>,
+}
+
+impl RecordedBlock for ConvTape {
+    fn rows(&self) -> usize {
+        self.rows
+    }
+
+    fn energy(&self) -> &[f32] {
+        self.dense.as_ref().map_or(&[], |d| d.energy())
+    }
+
+    fn grad(&self) -> &[f32] {
+        &self.grad
+    }
+}
+
+impl ConvLayer {
+    fn plane_in(&self) -> usize {
+        self.h_in * self.w_in
+    }
+
+    fn plane_out(&self) -> usize {
+        self.h_out * self.w_out
+    }
+
+    /// Rows of the patch matrix: C_in·k².
+    fn patch(&self, k: usize) -> usize {
+        self.c_in * k * k
+    }
+
+    /// For kernel offset `off` along an axis of input size `size`: the output positions
+    /// `lo..hi` whose input position o·s + off − p lies inside the map.
+    fn valid(&self, off: usize, p: usize, size: usize, out: usize) -> (usize, usize) {
+        let s = self.stride;
+        let lo = p.saturating_sub(off).div_ceil(s).min(out);
+        // o·s + off − p ≤ size − 1  ⇔  o ≤ (size − 1 + p − off) / s
+        let hi = if size + p > off {
+            ((size - 1 + p - off) / s + 1).min(out)
+        } else {
+            0
+        };
+        (lo, hi.max(lo))
+    }
+
+    /// cols(h): the patch matrix `[C_in·k², n·H_out·W_out]` of `h: [C_in, n, H_in, W_in]`.
+    fn im2col(&self, k: usize, h: &[f32], n: usize, cols: &mut Vec<f32>) {
+        let (p, s) = (k / 2, self.stride);
+        let (pi, po) = (self.plane_in(), self.plane_out());
+        // every entry is written below: a reused buffer needs no clearing
+        cols.resize(self.patch(k) * n * po, 0.0);
+        for (r, row) in cols.chunks_mut(n * po).enumerate() {
+            let (ci, kh, kw) = (r / (k * k), (r / k) % k, r % k);
+            let (y_lo, y_hi) = self.valid(kh, p, self.h_in, self.h_out);
+            let (x_lo, x_hi) = self.valid(kw, p, self.w_in, self.w_out);
+            for (b, dst) in row.chunks_mut(po).enumerate() {
+                let src = &h[(ci * n + b) * pi..][..pi];
+                for (yo, drow) in dst.chunks_mut(self.w_out).enumerate() {
+                    if !(y_lo..y_hi).contains(&yo) {
+                        drow.fill(0.0);
+                        continue;
+                    }
+                    let srow = &src[(yo * s + kh - p) * self.w_in..][..self.w_in];
+                    drow[..x_lo].fill(0.0);
+                    drow[x_hi..].fill(0.0);
+                    for xo in x_lo..x_hi {
+                        drow[xo] = srow[xo * s + kw - p];
+                    }
+                }
+            }
+        }
+    }
+
+    /// The adjoint of [`Self::im2col`]: sums patch-matrix entries back onto
+    /// `out: [C_in, n, H_in, W_in]`.
+    fn col2im(&self, k: usize, cols: &[f32], n: usize, out: &mut Vec<f32>) {
+        let (p, s) = (k / 2, self.stride);
+        let (pi, po) = (self.plane_in(), self.plane_out());
+        out.clear();
+        out.resize(self.c_in * n * pi, 0.0);
+        for (r, row) in cols.chunks(n * po).take(self.patch(k)).enumerate() {
+            let (ci, kh, kw) = (r / (k * k), (r / k) % k, r % k);
+            let (y_lo, y_hi) = self.valid(kh, p, self.h_in, self.h_out);
+            let (x_lo, x_hi) = self.valid(kw, p, self.w_in, self.w_out);
+            for (b, src) in row.chunks(po).enumerate() {
+                let dst = &mut out[(ci * n + b) * pi..][..pi];
+                for yo in y_lo..y_hi {
+                    let drow = &mut dst[(yo * s + kh - p) * self.w_in..][..self.w_in];
+                    let srow = &src[yo * self.w_out..][..self.w_out];
+                    for xo in x_lo..x_hi {
+                        drow[xo * s + kw - p] += srow[xo];
+                    }
+                }
+            }
+        }
+    }
+
+    /// convᵀ(g, W) = col2im(Wᵀ g) for `g: [C_out, n, H_out, W_out]`, into `out`.
+    fn transpose_conv(
+        &self,
+        k: usize,
+        g: &[f32],
+        n: usize,
+        work: &mut Vec<f32>,
+        out: &mut Vec<f32>,
+    ) {
+        let m = n * self.plane_out();
+        // overwritten by the product
+        work.resize(self.patch(k) * m, 0.0);
+        gemm_into(
+            work,
+            (&self.w, true),
+            (g, false),
+            self.patch(k),
+            self.c_out,
+            m,
+            false,
+        );
+        self.col2im(k, work, n, out);
+    }
+}
+
+impl HostConv {
+    /// Copies the weights of `net` (any precision) into f32 host buffers.
+    pub fn from_conv(net: &ConvNet) -> Result<Self> {
+        let cfg = net.config();
+        let head = net.head();
+        let mut flat = net.flat_params().into_iter().map(|t| {
+            to_f64_vec(t)
+                .into_iter()
+                .map(|v| v as f32)
+                .collect::<Vec<f32>>()
+        });
+        let mut next = || flat.next().expect("one tensor per parameter");
+        let (mut h, mut w) = (cfg.image.height, cfg.image.width);
+        let mut layers = Vec::new();
+        for g in cfg.geometry() {
+            layers.push(ConvLayer {
+                w: next(),
+                b: next(),
+                c_in: g.c_in,
+                c_out: g.c_out,
+                stride: g.stride,
+                h_in: h,
+                w_in: w,
+                h_out: g.h_out,
+                w_out: g.w_out,
+                act: head.activation,
+            });
+            (h, w) = (g.h_out, g.w_out);
+        }
+        let last = layers.last().expect("validated: at least one layer");
+        let mut features = match cfg.pool {
+            Pool::Mean => last.c_out,
+            Pool::Flatten => last.c_out * last.plane_out(),
+        };
+        let dim = features;
+        let mut hidden = Vec::new();
+        for &width in &cfg.hidden {
+            hidden.push(Dense {
+                w: next(),
+                b: next(),
+                fan_in: features,
+                fan_out: width,
+                act: head.activation,
+            });
+            features = width;
+        }
+        let out_w = next();
+        let out_b = next()[0];
+        let widest = layers.iter().map(|l| l.plane_out()).max().unwrap_or(0) * BLOCK_IMAGES;
+        Ok(Self {
+            kernel: cfg.kernel,
+            layers,
+            pool: cfg.pool,
+            dense: HostMlp {
+                dim,
+                hidden,
+                out_w,
+                out_b,
+                scale: head.output_scale as f32,
+                clamp: head.energy_clamp.map(|c| c as f32),
+            },
+            zeros: vec![0.0; widest],
+        })
+    }
+
+    fn channels_in(&self) -> usize {
+        self.layers[0].c_in
+    }
+
+    /// Values per image.
+    fn image_len(&self) -> usize {
+        self.channels_in() * self.layers[0].plane_in()
+    }
+
+    /// The forward and input-gradient passes over `n ≤ BLOCK_IMAGES` images (rows of `x`),
+    /// into `t`; `second` also records what the parameter gradient needs (a'', δ, S terms).
+    fn run_block(&self, x: &[f32], n: usize, second: bool, t: &mut ConvTape) {
+        let k = self.kernel;
+        let depth = self.layers.len();
+        t.rows = n;
+        for v in [&mut t.cols, &mut t.d1, &mut t.delta, &mut t.curv] {
+            v.resize_with(depth, Vec::new);
+        }
+        // h_0: rows [n, C, H·W] → [C, n, H·W]
+        let plane = self.layers[0].plane_in();
+        to_channel_major(
+            &x[..n * self.image_len()],
+            n,
+            self.channels_in(),
+            plane,
+            &mut t.maps[0],
+        );
+        let [h, next] = &mut t.maps;
+        for (l, layer) in self.layers.iter().enumerate() {
+            let m = n * layer.plane_out();
+            layer.im2col(k, h, n, &mut t.cols[l]);
+            next.clear();
+            for &b in &layer.b {
+                next.extend(std::iter::repeat_n(b, m));
+            }
+            gemm_into(
+                next,
+                (&layer.w, false),
+                (&t.cols[l], false),
+                layer.c_out,
+                layer.patch(k),
+                m,
+                true,
+            );
+            let d1 = &mut t.d1[l];
+            d1.resize(next.len(), 0.0);
+            // one row per channel: the bias is already in
+            let zeros = &self.zeros[..m];
+            if second {
+                let d2 = &mut t.curv[l];
+                d2.resize(next.len(), 0.0);
+                activate::<true>(next, d1, d2, zeros, layer.act);
+            } else {
+                activate::<false>(next, d1, &mut [], zeros, layer.act);
+            }
+            std::mem::swap(h, next);
+        }
+        let last = self.layers.last().expect("at least one layer");
+        let (c_l, p_l) = (last.c_out, last.plane_out());
+        let pooled = self.pool_forward(h, n, c_l, p_l);
+        let dense = self.dense.record_chunk(&pooled, n);
+        // γ_L, then δ_l, S_l and γ_l down to the input
+        self.pool_adjoint(dense.grad(), n, c_l, p_l, h);
+        for (l, layer) in self.layers.iter().enumerate().rev() {
+            let delta = &mut t.delta[l];
+            delta.clear();
+            delta.extend(h.iter().zip(&t.d1[l]).map(|(g, d)| g * d));
+            if second {
+                t.curv[l]
+                    .iter_mut()
+                    .zip(h.iter())
+                    .for_each(|(e, g)| *e *= g);
+            }
+            layer.transpose_conv(k, delta, n, &mut t.work, next);
+            std::mem::swap(h, next);
+        }
+        to_row_major(h, n, self.channels_in(), plane, &mut t.grad);
+        t.dense = Some(dense);
+    }
+
+    /// u = pool(h_L) as rows `[n, features]` from `h: [C, n, P]`.
+    fn pool_forward(&self, h: &[f32], n: usize, c: usize, p: usize) -> Vec<f32> {
+        match self.pool {
+            Pool::Flatten => {
+                let mut u = Vec::new();
+                to_row_major(h, n, c, p, &mut u);
+                u
+            }
+            Pool::Mean => {
+                let mut u = vec![0.0; n * c];
+                for (ci, maps) in h.chunks(n * p).enumerate() {
+                    for (i, map) in maps.chunks(p).enumerate() {
+                        u[i * c + ci] = map.iter().sum::<f32>() / p as f32;
+                    }
+                }
+                u
+            }
+        }
+    }
+
+    /// pool*: a gradient with respect to u (rows `[n, features]`) as one with respect to
+    /// h_L (`[C, n, P]`), into `out`.
+    fn pool_adjoint(&self, gu: &[f32], n: usize, c: usize, p: usize, out: &mut Vec<f32>) {
+        match self.pool {
+            Pool::Flatten => to_channel_major(gu, n, c, p, out),
+            Pool::Mean => {
+                out.resize(c * n * p, 0.0);
+                for (ci, maps) in out.chunks_mut(n * p).enumerate() {
+                    for (i, map) in maps.chunks_mut(p).enumerate() {
+                        map.fill(gu[i * c + ci] / p as f32);
+                    }
+                }
+            }
+        }
+    }
+
+    /// V (when `energy` is given) and ∇ₓV of `n` rows, block by block on this thread.
+    fn energy_grad(&self, x: &[f32], n: usize, mut energy: Option<&mut [f32]>, grad: &mut [f32]) {
+        thread_local! {
+            static TAPE: RefCell<ConvTape> = RefCell::new(ConvTape::default());
+        }
+        let d = self.image_len();
+        TAPE.with(|t| {
+            let t = &mut *t.borrow_mut();
+            for start in (0..n).step_by(BLOCK_IMAGES) {
+                let rows = BLOCK_IMAGES.min(n - start);
+                self.run_block(&x[start * d..], rows, false, t);
+                grad[start * d..(start + rows) * d].copy_from_slice(&t.grad);
+                if let Some(e) = energy.as_deref_mut() {
+                    e[start..start + rows].copy_from_slice(t.energy());
+                }
+            }
+        });
+    }
+}
+
+/// `[n, C, P]` rows → `[C, n, P]`, into `out`.
+fn to_channel_major(x: &[f32], n: usize, c: usize, p: usize, out: &mut Vec<f32>) {
+    // every entry is written below
+    out.resize(n * c * p, 0.0);
+    for i in 0..n {
+        for ci in 0..c {
+            out[(ci * n + i) * p..][..p].copy_from_slice(&x[(i * c + ci) * p..][..p]);
+        }
+    }
+}
+
+/// `[C, n, P]` → `[n, C, P]` rows, into `out`.
+fn to_row_major(h: &[f32], n: usize, c: usize, p: usize, out: &mut Vec<f32>) {
+    // every entry is written below
+    out.resize(n * c * p, 0.0);
+    for i in 0..n {
+        for ci in 0..c {
+            out[(i * c + ci) * p..][..p].copy_from_slice(&h[(ci * n + i) * p..][..p]);
+        }
+    }
+}
+
+impl FusedBackprop for HostConv {
+    type Tape = ConvTape;
+    const BLOCK_ROWS: usize = BLOCK_IMAGES;
+
+    fn record_block(&self, x: &[f32], n: usize) -> ConvTape {
+        let mut t = ConvTape::default();
+        self.run_block(x, n, true, &mut t);
+        // the work buffers are not part of the record
+        t.maps = Default::default();
+        t.work = Vec::new();
+        t
+    }
+
+    fn block_param_grads(
+        &self,
+        t: &ConvTape,
+        d_energy: Option<&[f32]>,
+        d_grad: Option<&[f32]>,
+    ) -> Vec<Vec<f32>> {
+        let (k, n) = (self.kernel, t.rows);
+        let depth = self.layers.len();
+        let mut grads = self.zero_grads();
+        let (mut work, mut map) = (Vec::new(), Vec::new());
+        let last = self.layers.last().expect("at least one layer");
+        let (c_l, p_l) = (last.c_out, last.plane_out());
+        // up the backward chain: Γ_l → ∂W_l, S_l, Γ_{l+1}
+        let mut second: Vec<Option<Vec<f32>>> = vec![None; depth];
+        let mut gamma_u = None;
+        if let Some(dg) = d_grad {
+            let plane = self.layers[0].plane_in();
+            let mut big_gamma = Vec::new();
+            to_channel_major(dg, n, self.channels_in(), plane, &mut big_gamma);
+            for (l, layer) in self.layers.iter().enumerate() {
+                let m = n * layer.plane_out();
+                layer.im2col(k, &big_gamma, n, &mut work);
+                let patch = layer.patch(k);
+                gemm_into(
+                    &mut grads[2 * l],
+                    (&t.delta[l], false),
+                    (&work, true),
+                    layer.c_out,
+                    m,
+                    patch,
+                    true,
+                );
+                let mut up = vec![0.0; layer.c_out * m];
+                gemm_into(
+                    &mut up,
+                    (&layer.w, false),
+                    (&work, false),
+                    layer.c_out,
+                    patch,
+                    m,
+                    false,
+                );
+                if layer.act != Activation::Relu {
+                    second[l] = Some(up.iter().zip(&t.curv[l]).map(|(a, b)| a * b).collect());
+                }
+                up.iter_mut().zip(&t.d1[l]).for_each(|(a, b)| *a *= b);
+                big_gamma = up;
+            }
+            // the transpose of pool* is the (linear) pool itself
+            gamma_u = Some(self.pool_forward(&big_gamma, n, c_l, p_l));
+        }
+        // the dense layers and head
+        let dense = t.dense.as_ref().expect("a recorded block");
+        let (dense_grads, h_u) =
+            self.dense
+                .chunk_backprop(dense, d_energy, gamma_u.as_deref(), true);
+        for (g, dg) in grads[2 * depth..].iter_mut().zip(dense_grads) {
+            *g = dg;
+        }
+        // down the forward chain
+        let mut h_bar = Vec::new();
+        self.pool_adjoint(&h_u.expect("requested"), n, c_l, p_l, &mut h_bar);
+        for (l, layer) in self.layers.iter().enumerate().rev() {
+            let m = n * layer.plane_out();
+            let mut z: Vec<f32> = h_bar.iter().zip(&t.d1[l]).map(|(a, b)| a * b).collect();
+            if let Some(s) = &second[l] {
+                z.iter_mut().zip(s).for_each(|(a, b)| *a += b);
+            }
+            gemm_into(
+                &mut grads[2 * l],
+                (&z, false),
+                (&t.cols[l], true),
+                layer.c_out,
+                m,
+                layer.patch(k),
+                true,
+            );
+            for (gb, row) in grads[2 * l + 1].iter_mut().zip(z.chunks(m)) {
+                *gb += row.iter().sum::<f32>();
+            }
+            if l > 0 {
+                layer.transpose_conv(k, &z, n, &mut work, &mut map);
+                std::mem::swap(&mut h_bar, &mut map);
+            }
+        }
+        grads
+    }
+
+    /// A convolution's bias through V always; through ∇ₓV only via a curved map (a'' ≠ 0) at
+    /// or above it: its own activation, a later one, a dense one or the clamped head.
+    fn biases_reached(&self, energy: bool, grad: bool) -> Vec<bool> {
+        let dense_curved = self.dense.curved_above(grad, 0);
+        let mut reached: Vec<bool> = (0..self.layers.len())
+            .map(|l| {
+                let conv_curved = self.layers[l..].iter().any(|c| c.act != Activation::Relu);
+                energy || dense_curved || (grad && conv_curved)
+            })
+            .collect();
+        reached.extend(self.dense.biases_reached(energy, grad));
+        reached
+    }
+
+    fn zero_grads(&self) -> Vec<Vec<f32>> {
+        let mut out: Vec<Vec<f32>> = self
+            .layers
+            .iter()
+            .flat_map(|l| [vec![0.0; l.w.len()], vec![0.0; l.c_out]])
+            .collect();
+        out.extend(self.dense.zero_grads());
+        out
+    }
+}
+
+impl GradField for HostConv {
+    fn dim(&self) -> usize {
+        self.image_len()
+    }
+
+    fn grad(&self, x: &[f32], n: usize, out: &mut [f32], _: &mut Scratch) {
+        self.energy_grad(x, n, None, out);
+    }
+
+    fn energy(&self, x: &[f32], n: usize, out: &mut [f32], _: &mut Scratch) {
+        let mut g = vec![0.0; n * self.image_len()];
+        self.energy_grad(x, n, Some(out), &mut g);
+    }
+}
+
+impl ConvNet {
+    /// The fused f32 host form of this network.
+    pub fn host(&self) -> Result<HostConv> {
+        HostConv::from_conv(self)
+    }
+}
