@@ -153,7 +153,7 @@ impl ConvConfig {
     }
 
     /// Number of features after the pool of the last layer's output.
-    fn pooled_features(&self, last: &ConvGeom) -> usize {
+    pub(super) fn pooled_features(&self, last: &ConvGeom) -> usize {
         match self.pool {
             Pool::Mean => last.c_out,
             Pool::Flatten => last.c_out * last.h_out * last.w_out,

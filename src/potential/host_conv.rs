@@ -214,7 +214,8 @@ impl HostConv {
         let mut next = || flat.next().expect("one tensor per parameter");
         let (mut h, mut w) = (cfg.image.height, cfg.image.width);
         let mut layers = Vec::new();
-        for g in cfg.geometry() {
+        let geometry = cfg.geometry();
+        for g in &geometry {
             layers.push(ConvLayer {
                 w: next(),
                 b: next(),
@@ -229,12 +230,8 @@ impl HostConv {
             });
             (h, w) = (g.h_out, g.w_out);
         }
-        let last = layers.last().expect("validated: at least one layer");
-        let mut features = match cfg.pool {
-            Pool::Mean => last.c_out,
-            Pool::Flatten => last.c_out * last.plane_out(),
-        };
-        let dim = features;
+        let dim = cfg.pooled_features(geometry.last().expect("validated: at least one layer"));
+        let mut features = dim;
         let mut hidden = Vec::new();
         for &width in &cfg.hidden {
             hidden.push(Dense {
