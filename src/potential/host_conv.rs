@@ -262,6 +262,14 @@ impl HostConv {
         })
     }
 
+    /// A zero gradient for each convolution's weight and bias.
+    fn conv_zero_grads(&self) -> Vec<Vec<f32>> {
+        self.layers
+            .iter()
+            .flat_map(|l| [vec![0.0; l.w.len()], vec![0.0; l.c_out]])
+            .collect()
+    }
+
     fn channels_in(&self) -> usize {
         self.layers[0].c_in
     }
@@ -441,7 +449,8 @@ impl FusedBackprop for HostConv {
     ) -> Vec<Vec<f32>> {
         let (k, n) = (self.kernel, t.rows);
         let depth = self.layers.len();
-        let mut grads = self.zero_grads();
+        // the convolutions' gradients; the dense part's are appended from its own sweep
+        let mut grads = self.conv_zero_grads();
         let (mut work, mut map) = (Vec::new(), Vec::new());
         let last = self.layers.last().expect("at least one layer");
         let (c_l, p_l) = (last.c_out, last.plane_out());
@@ -489,9 +498,7 @@ impl FusedBackprop for HostConv {
         let (dense_grads, h_u) =
             self.dense
                 .chunk_backprop(dense, d_energy, gamma_u.as_deref(), true);
-        for (g, dg) in grads[2 * depth..].iter_mut().zip(dense_grads) {
-            *g = dg;
-        }
+        grads.extend(dense_grads);
         // down the forward chain
         let mut h_bar = Vec::new();
         self.pool_adjoint(&h_u.expect("requested"), n, c_l, p_l, &mut h_bar);
@@ -536,11 +543,7 @@ impl FusedBackprop for HostConv {
     }
 
     fn zero_grads(&self) -> Vec<Vec<f32>> {
-        let mut out: Vec<Vec<f32>> = self
-            .layers
-            .iter()
-            .flat_map(|l| [vec![0.0; l.w.len()], vec![0.0; l.c_out]])
-            .collect();
+        let mut out = self.conv_zero_grads();
         out.extend(self.dense.zero_grads());
         out
     }
