@@ -60,6 +60,12 @@ pub trait FusedBackprop: GradField + Send + Sync {
         Recording { chunks }
     }
 
+    /// Hands a recording back once its gradients are taken, so that its buffers can serve
+    /// the next [`FusedBackprop::record`] (the default just drops it).
+    fn recycle(&self, rec: Recording<Self::Tape>) {
+        drop(rec);
+    }
+
     /// ∂L/∂θ for a loss L whose derivatives with respect to the recorded energies
     /// (`d_energy`, one per row) and input gradients (`d_grad`, `len · dim`) are given; `None`
     /// means L does not depend on them. Flattened in the [`super::Model`] canonical order; a
@@ -117,6 +123,13 @@ pub trait RecordedBlock {
 /// [`FusedBackprop::param_grads`] needs; also the batch's energies and input gradients.
 pub struct Recording<T> {
     chunks: Vec<T>,
+}
+
+impl<T> Recording<T> {
+    /// The recorded blocks, in row order.
+    pub(super) fn into_blocks(self) -> Vec<T> {
+        self.chunks
+    }
 }
 
 impl<T: RecordedBlock> Recording<T> {

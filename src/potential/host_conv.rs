@@ -24,9 +24,10 @@
 //! [`ConvNet`] and of autodiff over its explicit ∇ₓV (tests in `potential/tests.rs`).
 
 use std::cell::RefCell;
+use std::sync::Mutex;
 
 use super::conv::{ConvNet, Pool};
-use super::host_backprop::{ChunkTape, FusedBackprop, RecordedBlock};
+use super::host_backprop::{ChunkTape, FusedBackprop, RecordedBlock, Recording};
 use super::host_mlp::{activate, gemm_into, Dense};
 use super::{Activation, HostMlp, Model};
 use crate::backend::to_f64_vec;
@@ -72,14 +73,37 @@ pub struct ConvTape {
     d1: Vec<Vec<f32>>,
     delta: Vec<Vec<f32>>,
     curv: Vec<Vec<f32>>,
-    /// h_0 (channel-major) and a work map.
-    maps: [Vec<f32>; 2],
-    /// A patch-matrix work buffer.
-    work: Vec<f32>,
     /// The MLP's block over the pooled features.
     dense: Option<ChunkTape>,
     grad: Vec<f32>,
 }
+
+/// One thread's work buffers, kept from block to block and step to step: a block of 32 MNIST
+/// images needs tens of MB of them, and fresh ones cost more in page faults than the
+/// arithmetic they hold.
+#[derive(Default)]
+struct Workspace {
+    /// Two maps `[C, n, H, W]` (h_0 and on, or Γ and H going back), swapped layer to layer.
+    maps: [Vec<f32>; 2],
+    /// A patch matrix.
+    work: Vec<f32>,
+    /// A map-sized product (Δ_l, or convᵀ(Z_l) going down).
+    up: Vec<f32>,
+    /// Z_l.
+    z: Vec<f32>,
+    /// S_l of each layer (the reverse sweep's second-order terms).
+    second: Vec<Vec<f32>>,
+}
+
+thread_local! {
+    static WORKSPACE: RefCell<Workspace> = RefCell::new(Workspace::default());
+}
+
+/// Tapes of finished training steps, reused by the next ones ([`FusedBackprop::recycle`]).
+static SPARE_TAPES: Mutex<Vec<ConvTape>> = Mutex::new(Vec::new());
+
+/// Most tapes kept for reuse: a phase-2 step at batch 128 records 8 blocks at once.
+const MAX_SPARE_TAPES: usize = 16;
 
 impl RecordedBlock for ConvTape {
     fn rows(&self) -> usize {
@@ -281,7 +305,7 @@ impl HostConv {
 
     /// The forward and input-gradient passes over `n ≤ BLOCK_IMAGES` images (rows of `x`),
     /// into `t`; `second` also records what the parameter gradient needs (a'', δ, S terms).
-    fn run_block(&self, x: &[f32], n: usize, second: bool, t: &mut ConvTape) {
+    fn run_block(&self, x: &[f32], n: usize, second: bool, t: &mut ConvTape, ws: &mut Workspace) {
         let k = self.kernel;
         let depth = self.layers.len();
         t.rows = n;
@@ -295,9 +319,9 @@ impl HostConv {
             n,
             self.channels_in(),
             plane,
-            &mut t.maps[0],
+            &mut ws.maps[0],
         );
-        let [h, next] = &mut t.maps;
+        let [h, next] = &mut ws.maps;
         for (l, layer) in self.layers.iter().enumerate() {
             let m = n * layer.plane_out();
             layer.im2col(k, h, n, &mut t.cols[l]);
@@ -343,7 +367,7 @@ impl HostConv {
                     .zip(h.iter())
                     .for_each(|(e, g)| *e *= g);
             }
-            layer.transpose_conv(k, delta, n, &mut t.work, next);
+            layer.transpose_conv(k, delta, n, &mut ws.work, next);
             std::mem::swap(h, next);
         }
         to_row_major(h, n, self.channels_in(), plane, &mut t.grad);
@@ -392,17 +416,115 @@ impl HostConv {
             static TAPE: RefCell<ConvTape> = RefCell::new(ConvTape::default());
         }
         let d = self.image_len();
-        TAPE.with(|t| {
-            let t = &mut *t.borrow_mut();
-            for start in (0..n).step_by(BLOCK_IMAGES) {
-                let rows = BLOCK_IMAGES.min(n - start);
-                self.run_block(&x[start * d..], rows, false, t);
-                grad[start * d..(start + rows) * d].copy_from_slice(&t.grad);
-                if let Some(e) = energy.as_deref_mut() {
-                    e[start..start + rows].copy_from_slice(t.energy());
+        TAPE.with_borrow_mut(|t| {
+            WORKSPACE.with_borrow_mut(|ws| {
+                for start in (0..n).step_by(BLOCK_IMAGES) {
+                    let rows = BLOCK_IMAGES.min(n - start);
+                    self.run_block(&x[start * d..], rows, false, t, ws);
+                    grad[start * d..(start + rows) * d].copy_from_slice(&t.grad);
+                    if let Some(e) = energy.as_deref_mut() {
+                        e[start..start + rows].copy_from_slice(t.energy());
+                    }
                 }
-            }
+            })
         });
+    }
+
+    /// ∂L/∂θ of one recorded block ([`FusedBackprop::block_param_grads`]), with `ws`'s buffers.
+    fn param_grads_with(
+        &self,
+        t: &ConvTape,
+        d_energy: Option<&[f32]>,
+        d_grad: Option<&[f32]>,
+        ws: &mut Workspace,
+    ) -> Vec<Vec<f32>> {
+        let (k, n) = (self.kernel, t.rows);
+        let Workspace {
+            maps: [gamma, h_bar],
+            work,
+            up,
+            z,
+            second,
+        } = ws;
+        second.resize_with(self.layers.len(), Vec::new);
+        // S_l exists where ∇ₓV is in the loss and the activation is curved
+        let curved = |l: usize| d_grad.is_some() && self.layers[l].act != Activation::Relu;
+        // the convolutions' gradients; the dense part's are appended from its own sweep
+        let mut grads = self.conv_zero_grads();
+        let last = self.layers.last().expect("at least one layer");
+        let (c_l, p_l) = (last.c_out, last.plane_out());
+        // up the backward chain: Γ_l → ∂W_l, S_l, Γ_{l+1}
+        let mut gamma_u = None;
+        if let Some(dg) = d_grad {
+            let plane = self.layers[0].plane_in();
+            to_channel_major(dg, n, self.channels_in(), plane, gamma);
+            for (l, layer) in self.layers.iter().enumerate() {
+                let m = n * layer.plane_out();
+                layer.im2col(k, gamma, n, work);
+                let patch = layer.patch(k);
+                gemm_into(
+                    &mut grads[2 * l],
+                    (&t.delta[l], false),
+                    (work, true),
+                    layer.c_out,
+                    m,
+                    patch,
+                    true,
+                );
+                // overwritten by the product
+                up.resize(layer.c_out * m, 0.0);
+                gemm_into(
+                    up,
+                    (&layer.w, false),
+                    (work, false),
+                    layer.c_out,
+                    patch,
+                    m,
+                    false,
+                );
+                if curved(l) {
+                    second[l].clear();
+                    second[l].extend(up.iter().zip(&t.curv[l]).map(|(a, b)| a * b));
+                }
+                up.iter_mut().zip(&t.d1[l]).for_each(|(a, b)| *a *= b);
+                std::mem::swap(gamma, up);
+            }
+            // the transpose of pool* is the (linear) pool itself
+            gamma_u = Some(self.pool_forward(gamma, n, c_l, p_l));
+        }
+        // the dense layers and head
+        let dense = t.dense.as_ref().expect("a recorded block");
+        let (dense_grads, h_u) =
+            self.dense
+                .chunk_backprop(dense, d_energy, gamma_u.as_deref(), true);
+        grads.extend(dense_grads);
+        // down the forward chain
+        self.pool_adjoint(&h_u.expect("requested"), n, c_l, p_l, h_bar);
+        for (l, layer) in self.layers.iter().enumerate().rev() {
+            let m = n * layer.plane_out();
+            z.clear();
+            z.extend(h_bar.iter().zip(&t.d1[l]).map(|(a, b)| a * b));
+            if curved(l) {
+                z.iter_mut().zip(&second[l]).for_each(|(a, b)| *a += b);
+            }
+            gemm_into(
+                &mut grads[2 * l],
+                (z, false),
+                (&t.cols[l], true),
+                layer.c_out,
+                m,
+                layer.patch(k),
+                true,
+            );
+            for (gb, row) in grads[2 * l + 1].iter_mut().zip(z.chunks(m)) {
+                *gb += row.iter().sum::<f32>();
+            }
+            if l > 0 {
+                layer.transpose_conv(k, z, n, work, up);
+                std::mem::swap(h_bar, up);
+            }
+        }
+        grads
     }
 }
 
@@ -433,11 +555,9 @@ impl FusedBackprop for HostConv {
     const BLOCK_ROWS: usize = BLOCK_IMAGES;
 
     fn record_block(&self, x: &[f32], n: usize) -> ConvTape {
-        let mut t = ConvTape::default();
-        self.run_block(x, n, true, &mut t);
-        // the work buffers are not part of the record
-        t.maps = Default::default();
-        t.work = Vec::new();
+        let spare = SPARE_TAPES.lock().ok().and_then(|mut pool| pool.pop());
+        let mut t = spare.unwrap_or_default();
+        WORKSPACE.with_borrow_mut(|ws| self.run_block(x, n, true, &mut t, ws));
         t
     }
 
@@ -447,85 +567,15 @@ impl FusedBackprop for HostConv {
         d_energy: Option<&[f32]>,
         d_grad: Option<&[f32]>,
     ) -> Vec<Vec<f32>> {
-        let (k, n) = (self.kernel, t.rows);
-        let depth = self.layers.len();
-        // the convolutions' gradients; the dense part's are appended from its own sweep
-        let mut grads = self.conv_zero_grads();
-        let (mut work, mut map) = (Vec::new(), Vec::new());
-        let last = self.layers.last().expect("at least one layer");
-        let (c_l, p_l) = (last.c_out, last.plane_out());
-        // up the backward chain: Γ_l → ∂W_l, S_l, Γ_{l+1}
-        let mut second: Vec<Option<Vec<f32>>> = vec![None; depth];
-        let mut gamma_u = None;
-        if let Some(dg) = d_grad {
-            let plane = self.layers[0].plane_in();
-            let mut big_gamma = Vec::new();
-            to_channel_major(dg, n, self.channels_in(), plane, &mut big_gamma);
-            for (l, layer) in self.layers.iter().enumerate() {
-                let m = n * layer.plane_out();
-                layer.im2col(k, &big_gamma, n, &mut work);
-                let patch = layer.patch(k);
-                gemm_into(
-                    &mut grads[2 * l],
-                    (&t.delta[l], false),
-                    (&work, true),
-                    layer.c_out,
-                    m,
-                    patch,
-                    true,
-                );
-                let mut up = vec![0.0; layer.c_out * m];
-                gemm_into(
-                    &mut up,
-                    (&layer.w, false),
-                    (&work, false),
-                    layer.c_out,
-                    patch,
-                    m,
-                    false,
-                );
-                if layer.act != Activation::Relu {
-                    second[l] = Some(up.iter().zip(&t.curv[l]).map(|(a, b)| a * b).collect());
-                }
-                up.iter_mut().zip(&t.d1[l]).for_each(|(a, b)| *a *= b);
-                big_gamma = up;
-            }
-            // the transpose of pool* is the (linear) pool itself
-            gamma_u = Some(self.pool_forward(&big_gamma, n, c_l, p_l));
+        WORKSPACE.with_borrow_mut(|ws| self.param_grads_with(t, d_energy, d_grad, ws))
+    }
+
+    /// Keeps the blocks' tapes (up to [`MAX_SPARE_TAPES`]) for the next recordings.
+    fn recycle(&self, rec: Recording<ConvTape>) {
+        if let Ok(mut pool) = SPARE_TAPES.lock() {
+            let room = MAX_SPARE_TAPES.saturating_sub(pool.len());
+            pool.extend(rec.into_blocks().into_iter().take(room));
         }
-        // the dense layers and head
-        let dense = t.dense.as_ref().expect("a recorded block");
-        let (dense_grads, h_u) =
-            self.dense
-                .chunk_backprop(dense, d_energy, gamma_u.as_deref(), true);
-        grads.extend(dense_grads);
-        // down the forward chain
-        let mut h_bar = Vec::new();
-        self.pool_adjoint(&h_u.expect("requested"), n, c_l, p_l, &mut h_bar);
-        for (l, layer) in self.layers.iter().enumerate().rev() {
-            let m = n * layer.plane_out();
-            let mut z: Vec<f32> = h_bar.iter().zip(&t.d1[l]).map(|(a, b)| a * b).collect();
-            if let Some(s) = &second[l] {
-                z.iter_mut().zip(s).for_each(|(a, b)| *a += b);
-            }
-            gemm_into(
-                &mut grads[2 * l],
-                (&z, false),
-                (&t.cols[l], true),
-                layer.c_out,
-                m,
-                layer.patch(k),
-                true,
-            );
-            for (gb, row) in grads[2 * l + 1].iter_mut().zip(z.chunks(m)) {
-                *gb += row.iter().sum::<f32>();
-            }
-            if l > 0 {
-                layer.transpose_conv(k, &z, n, &mut work, &mut map);
-                std::mem::swap(&mut h_bar, &mut map);
-            }
-        }
-        grads
     }
 
     /// A convolution's bias through V always; through ∇ₓV only via a curved map (a'' ≠ 0) at

@@ -369,6 +369,7 @@ impl<M: Model> Trainer<M> {
         }
         flow /= b as f64;
         let mut grads = host.param_grads(&rec, None, Some(&d_grad));
+        host.recycle(rec);
         let mut cd = None;
         if let Some((pos, neg)) = contrast {
             let (np, nn) = (pos.len(), neg.len());
@@ -388,6 +389,7 @@ impl<M: Model> Trainer<M> {
                 d_energy[np + k] = (-scale / term.kept.len() as f64) as f32;
             }
             let cd_grads = host.param_grads(&rec, Some(&d_energy), None);
+            host.recycle(rec);
             for (acc, g) in grads.iter_mut().zip(cd_grads) {
                 *acc = match (acc.take(), g) {
                     (Some(mut a), Some(g)) => {
