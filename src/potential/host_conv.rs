@@ -167,8 +167,13 @@ impl ConvLayer {
                     let srow = &src[(yo * s + kh - p) * self.w_in..][..self.w_in];
                     drow[..x_lo].fill(0.0);
                     drow[x_hi..].fill(0.0);
-                    for xo in x_lo..x_hi {
-                        drow[xo] = srow[xo * s + kw - p];
+                    if s == 1 {
+                        // a contiguous run (a memcpy)
+                        drow[x_lo..x_hi].copy_from_slice(&srow[x_lo + kw - p..x_hi + kw - p]);
+                    } else {
+                        for xo in x_lo..x_hi {
+                            drow[xo] = srow[xo * s + kw - p];
+                        }
                     }
                 }
             }
@@ -191,8 +196,15 @@ impl ConvLayer {
                 for yo in y_lo..y_hi {
                     let drow = &mut dst[(yo * s + kh - p) * self.w_in..][..self.w_in];
                     let srow = &src[yo * self.w_out..][..self.w_out];
-                    for xo in x_lo..x_hi {
-                        drow[xo * s + kw - p] += srow[xo];
+                    if s == 1 {
+                        let dst = &mut drow[x_lo + kw - p..x_hi + kw - p];
+                        dst.iter_mut()
+                            .zip(&srow[x_lo..x_hi])
+                            .for_each(|(d, v)| *d += v);
+                    } else {
+                        for xo in x_lo..x_hi {
+                            drow[xo * s + kw - p] += srow[xo];
+                        }
                     }
                 }
             }

@@ -402,7 +402,12 @@ fn fused_conv_energies_and_gradients_match_the_tensor_conv_net() {
             check_recording(&m, &conv_host(&m), 37, 51);
         }
     }
-    // the MNIST geometry (28×28, strides 1, 2, 2, flatten + dense)
+    let m = mnist_geometry_conv(Activation::Silu, None, 3);
+    check_recording(&m, &conv_host(&m), 33, 52);
+}
+
+/// A narrow conv net in the MNIST geometry (28×28, strides 1, 2, 2, flatten + dense).
+fn mnist_geometry_conv(act: Activation, clamp: Option<f64>, seed: u64) -> ConvNet {
     let cfg = ConvConfig {
         channels: vec![4, 6, 5],
         pool: Pool::Flatten,
@@ -410,12 +415,11 @@ fn fused_conv_energies_and_gradients_match_the_tensor_conv_net() {
         ..ConvConfig::default()
     };
     let head = Head {
-        activation: Activation::Silu,
+        activation: act,
         output_scale: 10.0,
-        energy_clamp: None,
+        energy_clamp: clamp,
     };
-    let m = cfg.init(head, 3, &cpu(), P).unwrap();
-    check_recording(&m, &conv_host(&m), 33, 52);
+    cfg.init(head, seed, &cpu(), P).unwrap()
 }
 
 #[test]
@@ -424,20 +428,7 @@ fn recycled_conv_tapes_and_work_buffers_do_not_change_results() {
     // recorded on a tape left by a bigger network, after other losses, must give every bit
     // of what it gave before
     let small = small_conv_with(Activation::Silu, None, Pool::Flatten);
-    let big = {
-        let cfg = ConvConfig {
-            channels: vec![4, 6, 5],
-            pool: Pool::Flatten,
-            hidden: vec![8],
-            ..ConvConfig::default()
-        };
-        let head = Head {
-            activation: Activation::Gelu,
-            output_scale: 3.0,
-            energy_clamp: Some(2.0),
-        };
-        cfg.init(head, 4, &cpu(), P).unwrap()
-    };
+    let big = mnist_geometry_conv(Activation::Gelu, Some(2.0), 4);
     let run = |m: &ConvNet, b: usize, energy: bool, grad: bool| {
         let host = conv_host(m);
         let d = m.dim();
