@@ -234,15 +234,7 @@ impl FusedBackprop for HostMlp {
 impl HostMlp {
     /// (V, head'(o), head''(o)) of a raw output o: V = s·o, or c·tanh(s·o/c) with the clamp.
     pub(super) fn head(&self, o: f32) -> [f32; 3] {
-        let s = self.scale;
-        match self.clamp {
-            None => [s * o, s, 0.0],
-            Some(c) => {
-                let th = (s * o / c).tanh();
-                let sech2 = 1.0 - th * th;
-                [c * th, s * sech2, -2.0 * s * s * th * sech2 / c]
-            }
-        }
+        head_terms(o, self.scale, self.clamp)
     }
 
     pub(super) fn record_chunk(&self, x: &[f32], n: usize) -> ChunkTape {
@@ -420,6 +412,19 @@ impl HostMlp {
             }
         }
         (grads, want_input.then_some(h_bar))
+    }
+}
+
+/// (V, V'(o), V''(o)) of a raw output o under the output head: V = s·o, or c·tanh(s·o/c)
+/// with the soft clamp c.
+pub(super) fn head_terms(o: f32, s: f32, clamp: Option<f32>) -> [f32; 3] {
+    match clamp {
+        None => [s * o, s, 0.0],
+        Some(c) => {
+            let th = (s * o / c).tanh();
+            let sech2 = 1.0 - th * th;
+            [c * th, s * sech2, -2.0 * s * s * th * sech2 / c]
+        }
     }
 }
 

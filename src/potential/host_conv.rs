@@ -29,6 +29,7 @@ use std::sync::Mutex;
 use super::conv::{ConvNet, Pool};
 use super::host_backprop::{ChunkTape, FusedBackprop, RecordedBlock, Recording};
 use super::host_mlp::{activate, gemm_into, Dense};
+use super::host_ops::{to_channel_major, to_row_major, ConvGeom, Layout};
 use super::{Activation, HostMlp, Model};
 use crate::backend::to_f64_vec;
 use crate::sampler::{GradField, Scratch};
@@ -36,22 +37,15 @@ use crate::Result;
 
 /// One convolution on host buffers.
 struct ConvLayer {
+    geom: ConvGeom,
     /// `[C_out, C_in·k·k]`, row-major (the `[C_out, C_in, k, k]` kernel).
     w: Vec<f32>,
     b: Vec<f32>,
-    c_in: usize,
-    c_out: usize,
-    stride: usize,
-    h_in: usize,
-    w_in: usize,
-    h_out: usize,
-    w_out: usize,
     act: Activation,
 }
 
 /// The f32 host form of a [`ConvNet`].
 pub struct HostConv {
-    kernel: usize,
     layers: Vec<ConvLayer>,
     pool: Pool,
     /// Dense layers and head over the pooled features.
@@ -119,123 +113,6 @@ impl RecordedBlock for ConvTape {
     }
 }
 
-impl ConvLayer {
-    fn plane_in(&self) -> usize {
-        self.h_in * self.w_in
-    }
-
-    fn plane_out(&self) -> usize {
-        self.h_out * self.w_out
-    }
-
-    /// Rows of the patch matrix: C_in·k².
-    fn patch(&self, k: usize) -> usize {
-        self.c_in * k * k
-    }
-
-    /// For kernel offset `off` along an axis of input size `size`: the output positions
-    /// `lo..hi` whose input position o·s + off − p lies inside the map.
-    fn valid(&self, off: usize, p: usize, size: usize, out: usize) -> (usize, usize) {
-        let s = self.stride;
-        let lo = p.saturating_sub(off).div_ceil(s).min(out);
-        // o·s + off − p ≤ size − 1  ⇔  o ≤ (size − 1 + p − off) / s
-        let hi = if size + p > off {
-            ((size - 1 + p - off) / s + 1).min(out)
-        } else {
-            0
-        };
-        (lo, hi.max(lo))
-    }
-
-    /// cols(h): the patch matrix `[C_in·k², n·H_out·W_out]` of `h: [C_in, n, H_in, W_in]`.
-    fn im2col(&self, k: usize, h: &[f32], n: usize, cols: &mut Vec<f32>) {
-        let (p, s) = (k / 2, self.stride);
-        let (pi, po) = (self.plane_in(), self.plane_out());
-        // every entry is written below: a reused buffer needs no clearing
-        cols.resize(self.patch(k) * n * po, 0.0);
-        for (r, row) in cols.chunks_mut(n * po).enumerate() {
-            let (ci, kh, kw) = (r / (k * k), (r / k) % k, r % k);
-            let (y_lo, y_hi) = self.valid(kh, p, self.h_in, self.h_out);
-            let (x_lo, x_hi) = self.valid(kw, p, self.w_in, self.w_out);
-            for (b, dst) in row.chunks_mut(po).enumerate() {
-                let src = &h[(ci * n + b) * pi..][..pi];
-                for (yo, drow) in dst.chunks_mut(self.w_out).enumerate() {
-                    if !(y_lo..y_hi).contains(&yo) {
-                        drow.fill(0.0);
-                        continue;
-                    }
-                    let srow = &src[(yo * s + kh - p) * self.w_in..][..self.w_in];
-                    drow[..x_lo].fill(0.0);
-                    drow[x_hi..].fill(0.0);
-                    if s == 1 {
-                        // a contiguous run (a memcpy)
-                        drow[x_lo..x_hi].copy_from_slice(&srow[x_lo + kw - p..x_hi + kw - p]);
-                    } else {
-                        for xo in x_lo..x_hi {
-                            drow[xo] = srow[xo * s + kw - p];
-                        }
-                    }
-                }
-            }
-        }
-    }
-
-    /// The adjoint of [`Self::im2col`]: sums patch-matrix entries back onto
-    /// `out: [C_in, n, H_in, W_in]`.
-    fn col2im(&self, k: usize, cols: &[f32], n: usize, out: &mut Vec<f32>) {
-        let (p, s) = (k / 2, self.stride);
-        let (pi, po) = (self.plane_in(), self.plane_out());
-        out.clear();
-        out.resize(self.c_in * n * pi, 0.0);
-        for (r, row) in cols.chunks(n * po).take(self.patch(k)).enumerate() {
-            let (ci, kh, kw) = (r / (k * k), (r / k) % k, r % k);
-            let (y_lo, y_hi) = self.valid(kh, p, self.h_in, self.h_out);
-            let (x_lo, x_hi) = self.valid(kw, p, self.w_in, self.w_out);
-            for (b, src) in row.chunks(po).enumerate() {
-                let dst = &mut out[(ci * n + b) * pi..][..pi];
-                for yo in y_lo..y_hi {
-                    let drow = &mut dst[(yo * s + kh - p) * self.w_in..][..self.w_in];
-                    let srow = &src[yo * self.w_out..][..self.w_out];
-                    if s == 1 {
-                        let dst = &mut drow[x_lo + kw - p..x_hi + kw - p];
-                        dst.iter_mut()
-                            .zip(&srow[x_lo..x_hi])
-                            .for_each(|(d, v)| *d += v);
-                    } else {
-                        for xo in x_lo..x_hi {
-                            drow[xo * s + kw - p] += srow[xo];
-                        }
-                    }
-                }
-            }
-        }
-    }
-
-    /// convᵀ(g, W) = col2im(Wᵀ g) for `g: [C_out, n, H_out, W_out]`, into `out`.
-    fn transpose_conv(
-        &self,
-        k: usize,
-        g: &[f32],
-        n: usize,
-        work: &mut Vec<f32>,
-        out: &mut Vec<f32>,
-    ) {
-        let m = n * self.plane_out();
-        // overwritten by the product
-        work.resize(self.patch(k) * m, 0.0);
-        gemm_into(
-            work,
-            (&self.w, true),
-            (g, false),
-            self.patch(k),
-            self.c_out,
-            m,
-            false,
-        );
-        self.col2im(k, work, n, out);
-    }
-}
-
 impl HostConv {
     /// Copies the weights of `net` (any precision) into f32 host buffers.
     pub fn from_conv(net: &ConvNet) -> Result<Self> {
@@ -253,15 +130,19 @@ impl HostConv {
         let geometry = cfg.geometry();
         for g in &geometry {
             layers.push(ConvLayer {
+                geom: ConvGeom {
+                    c_in: g.c_in,
+                    c_out: g.c_out,
+                    k: cfg.kernel,
+                    stride: g.stride,
+                    pad: cfg.kernel / 2,
+                    h_in: h,
+                    w_in: w,
+                    h_out: g.h_out,
+                    w_out: g.w_out,
+                },
                 w: next(),
                 b: next(),
-                c_in: g.c_in,
-                c_out: g.c_out,
-                stride: g.stride,
-                h_in: h,
-                w_in: w,
-                h_out: g.h_out,
-                w_out: g.w_out,
                 act: head.activation,
             });
             (h, w) = (g.h_out, g.w_out);
@@ -281,9 +162,8 @@ impl HostConv {
         }
         let out_w = next();
         let out_b = next()[0];
-        let widest = layers.iter().map(|l| l.plane_out()).max().unwrap_or(0) * BLOCK_IMAGES;
+        let widest = layers.iter().map(|l| l.geom.plane_out()).max().unwrap_or(0) * BLOCK_IMAGES;
         Ok(Self {
-            kernel: cfg.kernel,
             layers,
             pool: cfg.pool,
             dense: HostMlp {
@@ -302,30 +182,29 @@ impl HostConv {
     fn conv_zero_grads(&self) -> Vec<Vec<f32>> {
         self.layers
             .iter()
-            .flat_map(|l| [vec![0.0; l.w.len()], vec![0.0; l.c_out]])
+            .flat_map(|l| [vec![0.0; l.w.len()], vec![0.0; l.b.len()]])
             .collect()
     }
 
     fn channels_in(&self) -> usize {
-        self.layers[0].c_in
+        self.layers[0].geom.c_in
     }
 
     /// Values per image.
     fn image_len(&self) -> usize {
-        self.channels_in() * self.layers[0].plane_in()
+        self.channels_in() * self.layers[0].geom.plane_in()
     }
 
     /// The forward and input-gradient passes over `n ≤ BLOCK_IMAGES` images (rows of `x`),
     /// into `t`; `second` also records what the parameter gradient needs (a'', δ, S terms).
     fn run_block(&self, x: &[f32], n: usize, second: bool, t: &mut ConvTape, ws: &mut Workspace) {
-        let k = self.kernel;
         let depth = self.layers.len();
         t.rows = n;
         for v in [&mut t.cols, &mut t.d1, &mut t.delta, &mut t.curv] {
             v.resize_with(depth, Vec::new);
         }
         // h_0: rows [n, C, H·W] → [C, n, H·W]
-        let plane = self.layers[0].plane_in();
+        let plane = self.layers[0].geom.plane_in();
         to_channel_major(
             &x[..n * self.image_len()],
             n,
@@ -335,21 +214,11 @@ impl HostConv {
         );
         let [h, next] = &mut ws.maps;
         for (l, layer) in self.layers.iter().enumerate() {
-            let m = n * layer.plane_out();
-            layer.im2col(k, h, n, &mut t.cols[l]);
-            next.clear();
-            for &b in &layer.b {
-                next.extend(std::iter::repeat_n(b, m));
-            }
-            gemm_into(
-                next,
-                (&layer.w, false),
-                (&t.cols[l], false),
-                layer.c_out,
-                layer.patch(k),
-                m,
-                true,
-            );
+            let m = n * layer.geom.plane_out();
+            layer
+                .geom
+                .im2col(h, n, Layout::ChannelMajor, &mut t.cols[l]);
+            layer.geom.forward(&layer.w, &layer.b, &t.cols[l], n, next);
             let d1 = &mut t.d1[l];
             d1.resize(next.len(), 0.0);
             // one row per channel: the bias is already in
@@ -364,7 +233,7 @@ impl HostConv {
             std::mem::swap(h, next);
         }
         let last = self.layers.last().expect("at least one layer");
-        let (c_l, p_l) = (last.c_out, last.plane_out());
+        let (c_l, p_l) = (last.geom.c_out, last.geom.plane_out());
         let pooled = self.pool_forward(h, n, c_l, p_l);
         let dense = self.dense.record_chunk(&pooled, n);
         // γ_L, then δ_l, S_l and γ_l down to the input
@@ -379,7 +248,8 @@ impl HostConv {
                     .zip(h.iter())
                     .for_each(|(e, g)| *e *= g);
             }
-            layer.transpose_conv(k, delta, n, &mut ws.work, next);
+            let cm = Layout::ChannelMajor;
+            (layer.geom).transpose_conv(&layer.w, delta, n, cm, &mut ws.work, next);
             std::mem::swap(h, next);
         }
         to_row_major(h, n, self.channels_in(), plane, &mut t.grad);
@@ -450,7 +320,7 @@ impl HostConv {
         d_grad: Option<&[f32]>,
         ws: &mut Workspace,
     ) -> Vec<Vec<f32>> {
-        let (k, n) = (self.kernel, t.rows);
+        let n = t.rows;
         let Workspace {
             maps: [gamma, h_bar],
             work,
@@ -464,36 +334,28 @@ impl HostConv {
         // the convolutions' gradients; the dense part's are appended from its own sweep
         let mut grads = self.conv_zero_grads();
         let last = self.layers.last().expect("at least one layer");
-        let (c_l, p_l) = (last.c_out, last.plane_out());
+        let (c_l, p_l) = (last.geom.c_out, last.geom.plane_out());
         // up the backward chain: Γ_l → ∂W_l, S_l, Γ_{l+1}
         let mut gamma_u = None;
         if let Some(dg) = d_grad {
-            let plane = self.layers[0].plane_in();
+            let plane = self.layers[0].geom.plane_in();
             to_channel_major(dg, n, self.channels_in(), plane, gamma);
             for (l, layer) in self.layers.iter().enumerate() {
-                let m = n * layer.plane_out();
-                layer.im2col(k, gamma, n, work);
-                let patch = layer.patch(k);
+                let (c_out, m) = (layer.geom.c_out, n * layer.geom.plane_out());
+                layer.geom.im2col(gamma, n, Layout::ChannelMajor, work);
+                let patch = layer.geom.patch();
                 gemm_into(
                     &mut grads[2 * l],
                     (&t.delta[l], false),
                     (work, true),
-                    layer.c_out,
+                    c_out,
                     m,
                     patch,
                     true,
                 );
                 // overwritten by the product
-                up.resize(layer.c_out * m, 0.0);
-                gemm_into(
-                    up,
-                    (&layer.w, false),
-                    (work, false),
-                    layer.c_out,
-                    patch,
-                    m,
-                    false,
-                );
+                up.resize(c_out * m, 0.0);
+                gemm_into(up, (&layer.w, false), (work, false), c_out, patch, m, false);
                 if curved(l) {
                     second[l].clear();
                     second[l].extend(up.iter().zip(&t.curv[l]).map(|(a, b)| a * b));
@@ -513,7 +375,7 @@ impl HostConv {
         // down the forward chain
         self.pool_adjoint(&h_u.expect("requested"), n, c_l, p_l, h_bar);
         for (l, layer) in self.layers.iter().enumerate().rev() {
-            let m = n * layer.plane_out();
+            let m = n * layer.geom.plane_out();
             z.clear();
             z.extend(h_bar.iter().zip(&t.d1[l]).map(|(a, b)| a * b));
             if curved(l) {
@@ -523,42 +385,21 @@ impl HostConv {
                 &mut grads[2 * l],
                 (z, false),
                 (&t.cols[l], true),
-                layer.c_out,
+                layer.geom.c_out,
                 m,
-                layer.patch(k),
+                layer.geom.patch(),
                 true,
             );
             for (gb, row) in grads[2 * l + 1].iter_mut().zip(z.chunks(m)) {
                 *gb += row.iter().sum::<f32>();
             }
             if l > 0 {
-                layer.transpose_conv(k, z, n, work, up);
+                let cm = Layout::ChannelMajor;
+                (layer.geom).transpose_conv(&layer.w, z, n, cm, work, up);
                 std::mem::swap(h_bar, up);
             }
         }
         grads
-    }
-}
-
-/// `[n, C, P]` rows → `[C, n, P]`, into `out`.
-fn to_channel_major(x: &[f32], n: usize, c: usize, p: usize, out: &mut Vec<f32>) {
-    // every entry is written below
-    out.resize(n * c * p, 0.0);
-    for i in 0..n {
-        for ci in 0..c {
-            out[(ci * n + i) * p..][..p].copy_from_slice(&x[(i * c + ci) * p..][..p]);
-        }
-    }
-}
-
-/// `[C, n, P]` → `[n, C, P]` rows, into `out`.
-fn to_row_major(h: &[f32], n: usize, c: usize, p: usize, out: &mut Vec<f32>) {
-    // every entry is written below
-    out.resize(n * c * p, 0.0);
-    for i in 0..n {
-        for ci in 0..c {
-            out[(i * c + ci) * p..][..p].copy_from_slice(&h[(ci * n + i) * p..][..p]);
-        }
     }
 }
 

@@ -44,6 +44,8 @@ mod conv;
 mod host_backprop;
 mod host_conv;
 mod host_mlp;
+mod host_ops;
+mod host_tape;
 mod mlp;
 mod network;
 mod quadratic;
@@ -58,7 +60,7 @@ pub use host_mlp::HostMlp;
 pub use mlp::{Mlp, MlpConfig};
 pub use network::{ModelConfig, ModelKind, Network};
 pub use quadratic::Quadratic;
-pub use unet_vit::{UNetVit, UNetVitConfig};
+pub use unet_vit::{HostUNetVit, UNetVit, UNetVitConfig};
 
 use burn::tensor::{Gradients, Tensor};
 

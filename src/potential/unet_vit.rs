@@ -18,11 +18,16 @@ use burn::tensor::{Device, Gradients, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::tape::{Tape, Var};
+
+mod recorders;
+
 use super::{Activation, Model, Potential};
 use crate::backend::{vector, Precision};
 use crate::data::ImageShape;
 use crate::rng::{stream, uniform, Purpose};
 use crate::{EmError, Result};
+pub use recorders::HostUNetVit;
+use recorders::{Recorder, TensorRecorder};
 
 /// Architecture of a [`UNetVit`] potential (the `[model.unet_vit]` table of a run config).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -574,35 +579,12 @@ impl UNetVit {
         self.params[i].clone().reshape(shape)
     }
 
-    fn conv(&self, t: &mut Tape, x: &Var, c: &Conv) -> Var {
-        let w = self.param(c.weight, [c.c_out, c.c_in, c.k, c.k]);
-        t.conv2d(x, w, Some(self.params[c.bias].clone()), c.stride, c.padding)
-    }
-
-    fn linear(&self, t: &mut Tape, x: &Var, l: &Linear) -> Var {
-        let w = self.param(l.weight, [l.d_in, l.d_out]);
-        t.linear(x, w, Some(self.params[l.bias].clone()))
-    }
-
-    /// GroupNorm of images `[B, C, H, W]` or LayerNorm of tokens `[B, 1, N, E]`.
-    fn norm(&self, t: &mut Tape, x: &Var, n: &Norm) -> Var {
-        let [b, c, h, w] = x.dims();
-        let (rows, affine) = if n.groups > 0 {
-            (b * n.groups, [1, c, 1, 1])
-        } else {
-            (b * c * h, [1, 1, 1, w])
-        };
-        let s = t.standardize(x, rows);
-        let gamma = self.param(n.gamma, affine);
-        t.scale_shift(&s, Some(gamma), self.param(n.beta, affine))
-    }
-
     /// Multi-head self-attention over tokens `[B, 1, N, E]`.
-    fn attention(&self, t: &mut Tape, x: &Var, a: &Attention) -> Var {
-        let [b, _, n, e] = x.dims();
+    fn attention<R: Recorder>(&self, t: &mut R, x: &R::Var, a: &Attention) -> R::Var {
+        let [b, _, n, e] = R::dims(x);
         let d = e / a.heads;
-        let split = |t: &mut Tape, l: &Linear| {
-            let y = self.linear(t, x, l);
+        let split = |t: &mut R, l: &Linear| {
+            let y = t.linear(x, l);
             let y = t.reshape(&y, [b, n, a.heads, d]);
             t.swap_dims(&y, 1, 2)
         };
@@ -614,27 +596,27 @@ impl UNetVit {
         let o = t.matmul(&weights, &v);
         let o = t.swap_dims(&o, 1, 2);
         let o = t.reshape(&o, [b, 1, n, e]);
-        self.linear(t, &o, &a.out)
+        t.linear(&o, &a.out)
     }
 
-    fn block(&self, t: &mut Tape, x: &Var, block: &Block) -> Var {
+    fn block<R: Recorder>(&self, t: &mut R, x: &R::Var, block: &Block) -> R::Var {
         match block {
             Block::Res(r) => {
-                let h = self.norm(t, x, &r.norm1);
+                let h = t.norm(x, &r.norm1);
                 let h = t.activation(&h, Activation::Silu);
-                let h = self.conv(t, &h, &r.conv1);
-                let h = self.norm(t, &h, &r.norm2);
+                let h = t.conv(&h, &r.conv1);
+                let h = t.norm(&h, &r.norm2);
                 let h = t.activation(&h, Activation::Silu);
-                let h = self.conv(t, &h, &r.conv2);
+                let h = t.conv(&h, &r.conv2);
                 let skip = match &r.skip {
-                    Some(c) => self.conv(t, x, c),
+                    Some(c) => t.conv(x, c),
                     None => x.clone(),
                 };
                 t.add(&skip, &h)
             }
             Block::Attn(norm, a) => {
-                let [b, c, h, w] = x.dims();
-                let y = self.norm(t, x, norm);
+                let [b, c, h, w] = R::dims(x);
+                let y = t.norm(x, norm);
                 let y = t.reshape(&y, [b, 1, c, h * w]);
                 let y = t.swap_dims(&y, 2, 3);
                 let y = self.attention(t, &y, a);
@@ -642,22 +624,22 @@ impl UNetVit {
                 let y = t.reshape(&y, [b, c, h, w]);
                 t.add(x, &y)
             }
-            Block::Down(c) => self.conv(t, x, c),
+            Block::Down(c) => t.conv(x, c),
             Block::Up(c) => {
                 let y = t.upsample2x(x);
-                self.conv(t, &y, c)
+                t.conv(&y, c)
             }
         }
     }
 
-    fn stage(&self, t: &mut Tape, x: Var, blocks: &[Block]) -> Var {
+    fn stage<R: Recorder>(&self, t: &mut R, x: R::Var, blocks: &[Block]) -> R::Var {
         blocks.iter().fold(x, |h, b| self.block(t, &h, b))
     }
 
     /// The UNet: images `[B, C, H, W]` to images of the same shape.
-    fn unet(&self, t: &mut Tape, x: &Var) -> Var {
+    fn unet<R: Recorder>(&self, t: &mut R, x: &R::Var) -> R::Var {
         let p = &self.plan;
-        let mut h = self.conv(t, x, &p.input_conv);
+        let mut h = t.conv(x, &p.input_conv);
         let mut skips = vec![h.clone()];
         for stage in &p.encoder {
             h = self.stage(t, h, stage);
@@ -669,43 +651,52 @@ impl UNetVit {
             h = t.cat_channels(&h, &skip);
             h = self.stage(t, h, stage);
         }
-        let h = self.norm(t, &h, &p.out_norm);
+        let h = t.norm(&h, &p.out_norm);
         let h = t.activation(&h, Activation::Silu);
-        self.conv(t, &h, &p.out_conv)
+        t.conv(&h, &p.out_conv)
     }
 
     /// The ViT head: images to per-patch raw energies `[B, 1, N, 1]`.
-    fn vit(&self, t: &mut Tape, x: &Var) -> Var {
+    fn vit<R: Recorder>(&self, t: &mut R, x: &R::Var) -> R::Var {
         let p = &self.plan;
         let e = self.config.embed_dim;
-        let y = self.conv(t, x, &p.patch_embed);
-        let [b, _, hp, wp] = y.dims();
+        let y = t.conv(x, &p.patch_embed);
+        let [b, _, hp, wp] = R::dims(&y);
         let n = hp * wp;
         let y = t.reshape(&y, [b, 1, e, n]);
         let y = t.swap_dims(&y, 2, 3);
-        let mut h = t.scale_shift(&y, None, self.param(p.pos_embed, [1, 1, n, e]));
+        let mut h = t.shift(&y, p.pos_embed, [1, 1, n, e]);
         for layer in &p.layers {
             let a = self.attention(t, &h, &layer.attn);
             let s = t.add(&h, &a);
-            h = self.norm(t, &s, &layer.norm1);
-            let f = self.linear(t, &h, &layer.ff1);
+            h = t.norm(&s, &layer.norm1);
+            let f = t.linear(&h, &layer.ff1);
             let f = t.activation(&f, Activation::Gelu);
-            let f = self.linear(t, &f, &layer.ff2);
+            let f = t.linear(&f, &layer.ff2);
             let s = t.add(&h, &f);
-            h = self.norm(t, &s, &layer.norm2);
+            h = t.norm(&s, &layer.norm2);
         }
-        self.linear(t, &h, &p.energy)
+        t.linear(&h, &p.energy)
+    }
+
+    /// The whole network on a recorder: images `[B, C, H, W]` to per-patch raw energies
+    /// `[B, 1, N, 1]`.
+    fn pass<R: Recorder>(&self, t: &mut R, x: &R::Var) -> R::Var {
+        let u = self.unet(t, x);
+        self.vit(t, &u)
     }
 
     /// Records the forward pass: (tape, input value, per-patch raw energies `[B, 1, N, 1]`).
     fn forward(&self, x: Tensor<2>) -> (Tape, Var, Var) {
         let s = self.config.image;
         let b = x.dims()[0];
-        let mut tape = Tape::new();
-        let input = tape.input(x.reshape([b, s.channels, s.height, s.width]));
-        let u = self.unet(&mut tape, &input);
-        let out = self.vit(&mut tape, &u);
-        (tape, input, out)
+        let mut t = TensorRecorder {
+            tape: Tape::new(),
+            net: self,
+        };
+        let input = t.tape.input(x.reshape([b, s.channels, s.height, s.width]));
+        let out = self.pass(&mut t, &input);
+        (t.tape, input, out)
     }
 
     /// (V, dV/d raw energies) from per-patch raw energies: V = Σ_patches head(out).
@@ -751,4 +742,16 @@ impl Model for UNetVit {
     }
 
     flat_params_model_methods!("UNetVit");
+
+    /// On the CPU the host kernels ([`HostUNetVit`]); on a GPU the tensor tape.
+    fn host_field(&self) -> Result<Box<dyn crate::sampler::GradField + '_>> {
+        if recorders::on_cpu(&self.params[0].device()) {
+            Ok(Box::new(HostUNetVit::new(self)))
+        } else {
+            Ok(Box::new(crate::sampler::TensorField {
+                potential: self,
+                precision: Precision::F32,
+            }))
+        }
+    }
 }
