@@ -109,14 +109,30 @@ enum Op<'p> {
 #[derive(Default)]
 pub(crate) struct Buffers {
     spare: Vec<Vec<f32>>,
+    /// The convolutions' work buffers (the largest of all: kept apart so that they are not
+    /// regrown, page by page, on every pass).
+    work: [Vec<f32>; 2],
 }
 
 impl Buffers {
+    /// A buffer of `len` values with unspecified contents (every op writes all of its
+    /// output): the smallest spare one that holds `len` values (so that the spares keep the
+    /// sizes the passes need rather than all growing to the largest), else the largest.
+    fn take(&mut self, len: usize) -> Vec<f32> {
+        let fits = (0..self.spare.len())
+            .filter(|&i| self.spare[i].capacity() >= len)
+            .min_by_key(|&i| self.spare[i].capacity());
+        let pick = fits.or_else(|| (0..self.spare.len()).max_by_key(|&i| self.spare[i].capacity()));
+        let mut v = pick.map_or_else(Vec::new, |i| self.spare.swap_remove(i));
+        // only a new tail is written
+        v.resize(len, 0.0);
+        v
+    }
+
     /// A buffer of `len` zeros.
     fn zeros(&mut self, len: usize) -> Vec<f32> {
-        let mut v = self.spare.pop().unwrap_or_default();
-        v.clear();
-        v.resize(len, 0.0);
+        let mut v = self.take(len);
+        v.fill(0.0);
         v
     }
 
@@ -138,12 +154,13 @@ pub(crate) struct HostTape<'p> {
 
 impl<'p> HostTape<'p> {
     /// An empty tape drawing its buffers from `buffers`.
-    pub fn new(buffers: Buffers) -> Self {
+    pub fn new(mut buffers: Buffers) -> Self {
+        let work = std::mem::take(&mut buffers.work);
         Self {
             values: Vec::new(),
             ops: Vec::new(),
             buffers,
-            work: Default::default(),
+            work,
         }
     }
 
@@ -158,9 +175,7 @@ impl<'p> HostTape<'p> {
                 _ => {}
             }
         }
-        for v in std::mem::take(&mut self.work) {
-            self.buffers.give(v);
-        }
+        self.buffers.work = std::mem::take(&mut self.work);
         self.buffers
     }
 
@@ -181,7 +196,7 @@ impl<'p> HostTape<'p> {
 
     /// Records an input value (a leaf of the reverse sweep).
     pub fn input(&mut self, x: &[f32], dims: [usize; 4]) -> HostVar {
-        let mut v = self.buffers.zeros(x.len());
+        let mut v = self.buffers.take(x.len());
         v.copy_from_slice(x);
         self.push(v, dims, Op::Input)
     }
@@ -199,7 +214,7 @@ impl<'p> HostTape<'p> {
         let [cols, cm] = &mut self.work;
         geom.im2col(&self.values[x.id], n, Layout::ImageMajor, cols);
         geom.forward(weight, bias, cols, n, cm);
-        let mut y = self.buffers.zeros(cm.len());
+        let mut y = self.buffers.take(cm.len());
         to_row_major(cm, n, geom.c_out, geom.plane_out(), &mut y);
         let dims = [n, geom.c_out, geom.h_out, geom.w_out];
         let op = Op::Conv {
@@ -212,9 +227,9 @@ impl<'p> HostTape<'p> {
 
     /// y = a(x) elementwise.
     pub fn activation(&mut self, x: &HostVar, act: Activation) -> HostVar {
-        let mut y = self.buffers.zeros(x.len());
+        let mut y = self.buffers.take(x.len());
         y.copy_from_slice(self.value(x));
-        let mut deriv = self.buffers.zeros(x.len());
+        let mut deriv = self.buffers.take(x.len());
         let width = x.dims[3];
         let zeros = self.buffers.zeros(width);
         activate::<false>(&mut y, &mut deriv, &mut [], &zeros, act);
@@ -224,7 +239,7 @@ impl<'p> HostTape<'p> {
 
     /// y = a + b.
     pub fn add(&mut self, a: &HostVar, b: &HostVar) -> HostVar {
-        let mut y = self.buffers.zeros(a.len());
+        let mut y = self.buffers.take(a.len());
         let (va, vb) = (self.value(a), self.value(b));
         for ((y, a), b) in y.iter_mut().zip(va).zip(vb) {
             *y = a + b;
@@ -235,7 +250,7 @@ impl<'p> HostTape<'p> {
     /// y = s·x.
     pub fn scale(&mut self, x: &HostVar, s: f64) -> HostVar {
         let s = s as f32;
-        let mut y = self.buffers.zeros(x.len());
+        let mut y = self.buffers.take(x.len());
         for (y, v) in y.iter_mut().zip(self.value(x)) {
             *y = s * v;
         }
@@ -249,7 +264,7 @@ impl<'p> HostTape<'p> {
         gamma: Option<Affine<'p>>,
         beta: Affine<'_>,
     ) -> HostVar {
-        let mut y = self.buffers.zeros(x.len());
+        let mut y = self.buffers.take(x.len());
         y.copy_from_slice(self.value(x));
         for_each_row(x.dims, |row, p_row| {
             let y = &mut y[row];
@@ -271,7 +286,7 @@ impl<'p> HostTape<'p> {
         let [n, ca, h, w] = a.dims;
         let cb = b.dims[1];
         let (per_a, per_b) = (ca * h * w, cb * h * w);
-        let mut y = self.buffers.zeros(n * (per_a + per_b));
+        let mut y = self.buffers.take(n * (per_a + per_b));
         let (va, vb) = (self.value(a), self.value(b));
         for (i, out) in y.chunks_mut(per_a + per_b).enumerate() {
             out[..per_a].copy_from_slice(&va[i * per_a..][..per_a]);
@@ -289,7 +304,7 @@ impl<'p> HostTape<'p> {
     /// Nearest-neighbour up-sampling by 2 in both spatial axes.
     pub fn upsample2x(&mut self, x: &HostVar) -> HostVar {
         let [n, c, h, w] = x.dims;
-        let mut y = self.buffers.zeros(4 * x.len());
+        let mut y = self.buffers.take(4 * x.len());
         let v = self.value(x);
         for (plane, out) in v.chunks(h * w).zip(y.chunks_mut(4 * h * w)) {
             for (i, row) in plane.chunks(w).enumerate() {
@@ -323,7 +338,7 @@ impl<'p> HostTape<'p> {
     pub fn swap_dims(&mut self, x: &HostVar, d1: usize, d2: usize) -> HostVar {
         let mut dims = x.dims;
         dims.swap(d1, d2);
-        let mut y = self.buffers.zeros(x.len());
+        let mut y = self.buffers.take(x.len());
         permute(self.value(x), x.dims, d1, d2, &mut y);
         let op = Op::Swap {
             x: x.id,
@@ -338,8 +353,8 @@ impl<'p> HostTape<'p> {
     /// floor [`NORM_EPS`]), like [`super::tape::Tape::standardize`].
     pub fn standardize(&mut self, x: &HostVar, rows: usize) -> HostVar {
         let m = x.len() / rows;
-        let mut y = self.buffers.zeros(x.len());
-        let mut r = self.buffers.zeros(rows);
+        let mut y = self.buffers.take(x.len());
+        let mut r = self.buffers.take(rows);
         for ((src, dst), r) in self.value(x).chunks(m).zip(y.chunks_mut(m)).zip(&mut r) {
             let mean = src.iter().map(|&v| v as f64).sum::<f64>() / m as f64;
             let var = src.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / m as f64;
@@ -358,7 +373,7 @@ impl<'p> HostTape<'p> {
         let [a, b, n, d_in] = x.dims;
         let d_out = bias.len();
         let rows = a * b * n;
-        let mut y = self.buffers.zeros(rows * d_out);
+        let mut y = self.buffers.take(rows * d_out);
         for row in y.chunks_mut(d_out) {
             row.copy_from_slice(bias);
         }
@@ -387,7 +402,7 @@ impl<'p> HostTape<'p> {
         let m = b.dims[3];
         assert_eq!(b.dims[2], k, "matmul: inner sizes");
         let bh = b0 * b1;
-        let mut y = self.buffers.zeros(bh * n * m);
+        let mut y = self.buffers.take(bh * n * m);
         let (va, vb) = (self.value(a), self.value(b));
         for (i, out) in y.chunks_mut(n * m).enumerate() {
             let (ai, bi) = (&va[i * n * k..][..n * k], &vb[i * k * m..][..k * m]);
@@ -404,7 +419,7 @@ impl<'p> HostTape<'p> {
     /// Softmax over the last axis.
     pub fn softmax(&mut self, x: &HostVar) -> HostVar {
         let width = x.dims[3];
-        let mut y = self.buffers.zeros(x.len());
+        let mut y = self.buffers.take(x.len());
         for (src, dst) in self.value(x).chunks(width).zip(y.chunks_mut(width)) {
             let max = src.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
             let mut sum = 0.0f32;
@@ -421,7 +436,7 @@ impl<'p> HostTape<'p> {
     /// on `wrt`).
     pub fn gradient(&mut self, out: &HostVar, seed: &[f32], wrt: &HostVar) -> Vec<f32> {
         let mut grads: Vec<Option<Vec<f32>>> = (0..=out.id).map(|_| None).collect();
-        let mut s = self.buffers.zeros(seed.len());
+        let mut s = self.buffers.take(seed.len());
         s.copy_from_slice(seed);
         grads[out.id] = Some(s);
         for id in (wrt.id + 1..=out.id).rev() {
@@ -455,31 +470,31 @@ impl<'p> HostTape<'p> {
                 let n = g.len() / (geom.c_out * geom.plane_out());
                 let [cols, cm] = &mut self.work;
                 to_channel_major(g, n, geom.c_out, geom.plane_out(), cm);
-                let mut gx = self.buffers.zeros(0);
+                let mut gx = self.buffers.take(geom.c_in * n * geom.plane_in());
                 geom.transpose_conv(weight, cm, n, Layout::ImageMajor, cols, &mut gx);
                 vec![(x, gx)]
             }
             Op::Act { x, deriv } => {
-                let mut gx = self.buffers.zeros(g.len());
+                let mut gx = self.buffers.take(g.len());
                 for ((o, g), d) in gx.iter_mut().zip(g).zip(deriv) {
                     *o = g * d;
                 }
                 vec![(*x, gx)]
             }
             &Op::Add(a, b) => {
-                let mut ga = self.buffers.zeros(g.len());
+                let mut ga = self.buffers.take(g.len());
                 ga.copy_from_slice(g);
-                let mut gb = self.buffers.zeros(g.len());
+                let mut gb = self.buffers.take(g.len());
                 gb.copy_from_slice(g);
                 vec![(a, ga), (b, gb)]
             }
             &Op::Scale { x, s } => {
-                let mut gx = self.buffers.zeros(g.len());
+                let mut gx = self.buffers.take(g.len());
                 gx.iter_mut().zip(g).for_each(|(o, g)| *o = s * g);
                 vec![(x, gx)]
             }
             &Op::ScaleShift { x, dims, gamma } => {
-                let mut gx = self.buffers.zeros(g.len());
+                let mut gx = self.buffers.take(g.len());
                 gx.copy_from_slice(g);
                 if let Some(gamma) = gamma {
                     for_each_row(dims, |row, p_row| {
@@ -490,8 +505,7 @@ impl<'p> HostTape<'p> {
             }
             &Op::Cat { a, b, per_a, per_b } => {
                 let n = g.len() / (per_a + per_b);
-                let (mut ga, mut gb) =
-                    (self.buffers.zeros(n * per_a), self.buffers.zeros(n * per_b));
+                let (mut ga, mut gb) = (self.buffers.take(n * per_a), self.buffers.take(n * per_b));
                 for (i, src) in g.chunks(per_a + per_b).enumerate() {
                     ga[i * per_a..][..per_a].copy_from_slice(&src[..per_a]);
                     gb[i * per_b..][..per_b].copy_from_slice(&src[per_a..]);
@@ -500,7 +514,7 @@ impl<'p> HostTape<'p> {
             }
             &Op::Up { x, dims } => {
                 let [_, _, h, w] = dims;
-                let mut gx = self.buffers.zeros(dims.iter().product());
+                let mut gx = self.buffers.take(dims.iter().product());
                 for (src, out) in g.chunks(4 * h * w).zip(gx.chunks_mut(h * w)) {
                     for (i, row) in out.chunks_mut(w).enumerate() {
                         let (r0, r1) = (
@@ -515,14 +529,14 @@ impl<'p> HostTape<'p> {
                 vec![(x, gx)]
             }
             &Op::Swap { x, dims, d1, d2 } => {
-                let mut gx = self.buffers.zeros(g.len());
+                let mut gx = self.buffers.take(g.len());
                 permute(g, dims, d1, d2, &mut gx);
                 vec![(x, gx)]
             }
             Op::Standardize { x, rows, r } => {
                 let (x, rows) = (*x, *rows);
                 let m = g.len() / rows;
-                let mut gx = self.buffers.zeros(g.len());
+                let mut gx = self.buffers.take(g.len());
                 let xhat = &self.values[id];
                 for (((gr, xr), out), &ri) in
                     g.chunks(m).zip(xhat.chunks(m)).zip(gx.chunks_mut(m)).zip(r)
@@ -548,7 +562,7 @@ impl<'p> HostTape<'p> {
                 d_out,
             } => {
                 let rows = g.len() / d_out;
-                let mut gx = self.buffers.zeros(rows * d_in);
+                let mut gx = self.buffers.take(rows * d_in);
                 gemm_into(
                     &mut gx,
                     (g, false),
@@ -562,10 +576,8 @@ impl<'p> HostTape<'p> {
             }
             &Op::Matmul { a, b, shape } => {
                 let [bh, n, k, m] = shape;
-                let (mut ga, mut gb) = (
-                    self.buffers.zeros(bh * n * k),
-                    self.buffers.zeros(bh * k * m),
-                );
+                let (mut ga, mut gb) =
+                    (self.buffers.take(bh * n * k), self.buffers.take(bh * k * m));
                 let (va, vb) = (&self.values[a], &self.values[b]);
                 for i in 0..bh {
                     let gi = &g[i * n * m..][..n * m];
@@ -592,7 +604,7 @@ impl<'p> HostTape<'p> {
                 vec![(a, ga), (b, gb)]
             }
             &Op::Softmax { x, width } => {
-                let mut gx = self.buffers.zeros(g.len());
+                let mut gx = self.buffers.take(g.len());
                 let y = &self.values[id];
                 for ((gr, yr), out) in g
                     .chunks(width)
