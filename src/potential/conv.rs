@@ -18,6 +18,7 @@ use burn::tensor::ops::{ConvOptions, ConvTransposeOptions};
 use burn::tensor::{Device, Gradients, Tensor};
 use serde::{Deserialize, Serialize};
 
+use super::host_ops::ConvGeom;
 use super::{Activation, Model, Potential};
 use crate::backend::{vector, Precision};
 use crate::data::ImageShape;
@@ -72,19 +73,6 @@ impl Default for ConvConfig {
     }
 }
 
-/// One convolution's geometry.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub(super) struct ConvGeom {
-    pub(super) c_in: usize,
-    pub(super) c_out: usize,
-    pub(super) stride: usize,
-    /// Output spatial size.
-    pub(super) h_out: usize,
-    pub(super) w_out: usize,
-    /// Output padding of the transposed convolution (per axis).
-    out_pad: [usize; 2],
-}
-
 impl ConvConfig {
     /// Checks sizes, naming the offending key (under `prefix`, e.g. `model.conv`).
     pub fn validate(&self, prefix: &str) -> Result<()> {
@@ -137,17 +125,9 @@ impl ConvConfig {
         let (mut c, mut h, mut w) = (self.image.channels, self.image.height, self.image.width);
         let mut out = Vec::new();
         for (&c_out, &s) in self.channels.iter().zip(&self.strides) {
-            let ho = (h + 2 * p - k) / s + 1;
-            let wo = (w + 2 * p - k) / s + 1;
-            out.push(ConvGeom {
-                c_in: c,
-                c_out,
-                stride: s,
-                h_out: ho,
-                w_out: wo,
-                out_pad: [h + 2 * p - k - (ho - 1) * s, w + 2 * p - k - (wo - 1) * s],
-            });
-            (c, h, w) = (c_out, ho, wo);
+            let g = ConvGeom::new(c, c_out, k, s, p, h, w);
+            (c, h, w) = (c_out, g.h_out, g.w_out);
+            out.push(g);
         }
         out
     }
@@ -396,7 +376,13 @@ impl Potential for ConvNet {
                 delta,
                 self.kernel(l),
                 None,
-                ConvTransposeOptions::new([geo.stride, geo.stride], [p, p], geo.out_pad, [1, 1], 1),
+                ConvTransposeOptions::new(
+                    [geo.stride, geo.stride],
+                    [p, p],
+                    geo.out_pad(),
+                    [1, 1],
+                    1,
+                ),
             );
         }
         (v.reshape([b]), g.reshape([b, self.dim()]))

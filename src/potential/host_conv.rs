@@ -125,28 +125,16 @@ impl HostConv {
                 .collect::<Vec<f32>>()
         });
         let mut next = || flat.next().expect("one tensor per parameter");
-        let (mut h, mut w) = (cfg.image.height, cfg.image.width);
-        let mut layers = Vec::new();
         let geometry = cfg.geometry();
-        for g in &geometry {
-            layers.push(ConvLayer {
-                geom: ConvGeom {
-                    c_in: g.c_in,
-                    c_out: g.c_out,
-                    k: cfg.kernel,
-                    stride: g.stride,
-                    pad: cfg.kernel / 2,
-                    h_in: h,
-                    w_in: w,
-                    h_out: g.h_out,
-                    w_out: g.w_out,
-                },
+        let layers: Vec<ConvLayer> = geometry
+            .iter()
+            .map(|&geom| ConvLayer {
+                geom,
                 w: next(),
                 b: next(),
                 act: head.activation,
-            });
-            (h, w) = (g.h_out, g.w_out);
-        }
+            })
+            .collect();
         let dim = cfg.pooled_features(geometry.last().expect("validated: at least one layer"));
         let mut features = dim;
         let mut hidden = Vec::new();
@@ -248,8 +236,8 @@ impl HostConv {
                     .zip(h.iter())
                     .for_each(|(e, g)| *e *= g);
             }
-            let cm = Layout::ChannelMajor;
-            (layer.geom).transpose_conv(&layer.w, delta, n, cm, &mut ws.work, next);
+            let (geom, cm) = (&layer.geom, Layout::ChannelMajor);
+            geom.transpose_conv(&layer.w, delta, n, cm, &mut ws.work, next);
             std::mem::swap(h, next);
         }
         to_row_major(h, n, self.channels_in(), plane, &mut t.grad);
@@ -394,8 +382,8 @@ impl HostConv {
                 *gb += row.iter().sum::<f32>();
             }
             if l > 0 {
-                let cm = Layout::ChannelMajor;
-                (layer.geom).transpose_conv(&layer.w, z, n, cm, work, up);
+                let (geom, cm) = (&layer.geom, Layout::ChannelMajor);
+                geom.transpose_conv(&layer.w, z, n, cm, work, up);
                 std::mem::swap(h_bar, up);
             }
         }

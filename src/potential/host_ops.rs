@@ -1,6 +1,7 @@
-//! Convolution kernels on f32 host buffers, shared by [`super::HostConv`] and
-//! [`super::host_tape::HostTape`]: im2col, its adjoint col2im, and the transposed convolution
-//! col2im(Wᵀ·g) that is a convolution's input gradient; plus the two map layouts they read.
+//! A convolution's geometry ([`ConvGeom`], also that of the tensor [`super::ConvNet`]) and the
+//! kernels on f32 host buffers shared by [`super::HostConv`] and [`super::host_tape::HostTape`]:
+//! im2col, its adjoint col2im, and the transposed convolution col2im(Wᵀ·g) that is a
+//! convolution's input gradient; plus the two map layouts they read.
 //!
 //! A block of n maps of C channels is stored either channel-major, `[C, n, H, W]` (the layout
 //! of [`super::HostConv`], one gemm per layer over the block), or image-major, `[n, C, H, W]`
@@ -74,6 +75,15 @@ impl ConvGeom {
 
     pub fn plane_out(&self) -> usize {
         self.h_out * self.w_out
+    }
+
+    /// Output padding of the transposed convolution that restores the input size (per axis).
+    pub fn out_pad(&self) -> [usize; 2] {
+        let (k, p, s) = (self.k, self.pad, self.stride);
+        [
+            self.h_in + 2 * p - k - (self.h_out - 1) * s,
+            self.w_in + 2 * p - k - (self.w_out - 1) * s,
+        ]
     }
 
     /// Rows of the patch matrix: C_in·k².
