@@ -411,7 +411,7 @@ impl FusedBackprop for HostConv {
         WORKSPACE.with_borrow_mut(|ws| self.param_grads_with(t, d_energy, d_grad, ws))
     }
 
-    /// Keeps the blocks' tapes (up to [`MAX_SPARE_TAPES`]) for the next recordings.
+    /// Keeps the blocks' tapes (up to `MAX_SPARE_TAPES` = 16) for the next recordings.
     fn recycle(&self, rec: Recording<ConvTape>) {
         if let Ok(mut pool) = SPARE_TAPES.lock() {
             let room = MAX_SPARE_TAPES.saturating_sub(pool.len());

@@ -210,7 +210,7 @@ impl Recorder for HostRecorder<'_> {
 /// Images per host pass (bigger blocks make better gemm shapes on small maps).
 const HOST_BLOCK: usize = 4;
 
-/// The f32 host form of a [`UNetVit`]: V and ∇ₓV on [`HostTape`] kernels, for samplers and
+/// The f32 host form of a [`UNetVit`]: V and ∇ₓV on host-tape kernels, for samplers and
 /// Langevin chains (training steps stay on the tensor tape and autodiff). Each image is
 /// computed on its own (the network mixes nothing across the batch), so results do not depend
 /// on how rows are split into calls.
