@@ -35,20 +35,14 @@ pub trait FusedBackprop: GradField + Send + Sync {
     /// The forward and input-gradient passes over the `n` rows of `x` (one block).
     fn record_block(&self, x: &[f32], n: usize) -> Self::Tape;
 
-    /// ∂L/∂θ of one block, every parameter present (zeros where L does not reach it).
+    /// ∂L/∂θ of one block in canonical order; `None` for a parameter L does not depend on
+    /// (autodiff reports no gradient for it).
     fn block_param_grads(
         &self,
         tape: &Self::Tape,
         d_energy: Option<&[f32]>,
         d_grad: Option<&[f32]>,
-    ) -> Vec<Vec<f32>>;
-
-    /// Which biases the loss depends on (in parameter order, one per weight–bias pair), given
-    /// whether it depends on V and on ∇ₓV: autodiff reports no gradient for the others.
-    fn biases_reached(&self, energy: bool, grad: bool) -> Vec<bool>;
-
-    /// A zero gradient for every parameter, in canonical order.
-    fn zero_grads(&self) -> Vec<Vec<f32>>;
+    ) -> Vec<Option<Vec<f32>>>;
 
     /// Runs the forward and input-gradient passes over the `n` rows of `x`, on all threads.
     fn record(&self, x: &[f32], n: usize) -> Recording<Self::Tape> {
@@ -83,30 +77,47 @@ pub trait FusedBackprop: GradField + Send + Sync {
             at += c.rows();
         }
         let d = self.dim();
-        let partials: Vec<Vec<Vec<f32>>> = rec
-            .chunks
-            .par_iter()
-            .zip(offsets)
-            .map(|(c, r0)| {
-                let rows = r0..r0 + c.rows();
-                let de = d_energy.map(|e| &e[rows.clone()]);
-                let dg = d_grad.map(|g| &g[rows.start * d..rows.end * d]);
-                self.block_param_grads(c, de, dg)
-            })
-            .collect();
-        let mut total = self.zero_grads();
-        for p in partials {
-            for (t, g) in total.iter_mut().zip(p) {
-                t.iter_mut().zip(g).for_each(|(a, b)| *a += b);
+        let block_grads = |(c, r0): (&Self::Tape, usize)| {
+            let rows = r0..r0 + c.rows();
+            let de = d_energy.map(|e| &e[rows.clone()]);
+            let dg = d_grad.map(|g| &g[rows.start * d..rows.end * d]);
+            self.block_param_grads(c, de, dg)
+        };
+        // blocks in parallel, a few at a time (each holds a whole gradient), summed in block
+        // order: the same bits on any number of threads
+        let group = rayon::current_num_threads().max(1);
+        let blocks: Vec<(&Self::Tape, usize)> = rec.chunks.iter().zip(offsets).collect();
+        let mut total: Vec<Option<Vec<f32>>> = Vec::new();
+        for some in blocks.chunks(group) {
+            let partials: Vec<_> = some.par_iter().copied().map(block_grads).collect();
+            for p in partials {
+                if total.is_empty() {
+                    total = p;
+                    continue;
+                }
+                for (t, g) in total.iter_mut().zip(p) {
+                    *t = match (t.take(), g) {
+                        (Some(mut a), Some(g)) => {
+                            a.iter_mut().zip(g).for_each(|(a, b)| *a += b);
+                            Some(a)
+                        }
+                        (a, g) => a.or(g),
+                    };
+                }
             }
         }
-        let reached = self.biases_reached(d_energy.is_some(), d_grad.is_some());
         total
-            .into_iter()
-            .enumerate()
-            .map(|(k, g)| (k % 2 == 0 || reached[k / 2]).then_some(g))
-            .collect()
     }
+}
+
+/// The gradients of a network of weight–bias pairs (in canonical order), with `None` for the
+/// biases not `reached` (one flag per pair).
+pub(super) fn weights_and_biases(grads: Vec<Vec<f32>>, reached: &[bool]) -> Vec<Option<Vec<f32>>> {
+    grads
+        .into_iter()
+        .enumerate()
+        .map(|(k, g)| (k % 2 == 0 || reached[k / 2]).then_some(g))
+        .collect()
 }
 
 /// The per-block results every [`FusedBackprop::Tape`] carries.
@@ -204,11 +215,18 @@ impl FusedBackprop for HostMlp {
         tape: &ChunkTape,
         d_energy: Option<&[f32]>,
         d_grad: Option<&[f32]>,
-    ) -> Vec<Vec<f32>> {
-        self.chunk_backprop(tape, d_energy, d_grad, false).0
+    ) -> Vec<Option<Vec<f32>>> {
+        let grads = self.chunk_backprop(tape, d_energy, d_grad, false).0;
+        weights_and_biases(
+            grads,
+            &self.biases_reached(d_energy.is_some(), d_grad.is_some()),
+        )
     }
+}
 
-    fn zero_grads(&self) -> Vec<Vec<f32>> {
+impl HostMlp {
+    /// A zero gradient for every parameter, in canonical order.
+    pub(super) fn zero_grads(&self) -> Vec<Vec<f32>> {
         let mut out = Vec::new();
         for layer in &self.hidden {
             out.push(vec![0.0; layer.fan_in * layer.fan_out]);
@@ -219,9 +237,10 @@ impl FusedBackprop for HostMlp {
         out
     }
 
-    /// All biases through V; through ∇ₓV only via a curved head (the clamp) or a curved
+    /// Which biases a loss reaches (one per weight–bias pair), given whether it depends on V
+    /// and on ∇ₓV: all through V; through ∇ₓV only via a curved head (the clamp) or a curved
     /// activation (a'' ≠ 0, not ReLU) at or above the layer.
-    fn biases_reached(&self, energy: bool, grad: bool) -> Vec<bool> {
+    pub(super) fn biases_reached(&self, energy: bool, grad: bool) -> Vec<bool> {
         let mut reached = vec![energy || self.curved_above(grad, self.hidden.len())];
         for l in (0..self.hidden.len()).rev() {
             reached.push(energy || self.curved_above(grad, l));
@@ -229,9 +248,6 @@ impl FusedBackprop for HostMlp {
         reached.reverse();
         reached
     }
-}
-
-impl HostMlp {
     /// (V, head'(o), head''(o)) of a raw output o: V = s·o, or c·tanh(s·o/c) with the clamp.
     pub(super) fn head(&self, o: f32) -> [f32; 3] {
         head_terms(o, self.scale, self.clamp)
@@ -434,6 +450,8 @@ pub enum Fused {
     Mlp(HostMlp),
     /// A [`super::ConvNet`]'s.
     Conv(super::HostConv),
+    /// A [`super::UNetVit`]'s.
+    UNetVit(super::HostUNetVit),
 }
 
 impl GradField for Fused {
@@ -441,6 +459,7 @@ impl GradField for Fused {
         match self {
             Fused::Mlp(h) => h.dim(),
             Fused::Conv(h) => h.dim(),
+            Fused::UNetVit(h) => h.dim(),
         }
     }
 
@@ -448,6 +467,7 @@ impl GradField for Fused {
         match self {
             Fused::Mlp(h) => h.grad(x, n, out, scratch),
             Fused::Conv(h) => h.grad(x, n, out, scratch),
+            Fused::UNetVit(h) => h.grad(x, n, out, scratch),
         }
     }
 
@@ -455,6 +475,7 @@ impl GradField for Fused {
         match self {
             Fused::Mlp(h) => h.energy(x, n, out, scratch),
             Fused::Conv(h) => h.energy(x, n, out, scratch),
+            Fused::UNetVit(h) => h.energy(x, n, out, scratch),
         }
     }
 }

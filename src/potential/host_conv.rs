@@ -27,7 +27,9 @@ use std::cell::RefCell;
 use std::sync::Mutex;
 
 use super::conv::{ConvNet, Pool};
-use super::host_backprop::{ChunkTape, FusedBackprop, RecordedBlock, Recording};
+use super::host_backprop::{
+    weights_and_biases, ChunkTape, FusedBackprop, RecordedBlock, Recording,
+};
 use super::host_mlp::{activate, gemm_into, Dense};
 use super::host_ops::{to_channel_major, to_row_major, ConvGeom, Layout};
 use super::{Activation, HostMlp, Model};
@@ -407,8 +409,12 @@ impl FusedBackprop for HostConv {
         t: &ConvTape,
         d_energy: Option<&[f32]>,
         d_grad: Option<&[f32]>,
-    ) -> Vec<Vec<f32>> {
-        WORKSPACE.with_borrow_mut(|ws| self.param_grads_with(t, d_energy, d_grad, ws))
+    ) -> Vec<Option<Vec<f32>>> {
+        let grads = WORKSPACE.with_borrow_mut(|ws| self.param_grads_with(t, d_energy, d_grad, ws));
+        weights_and_biases(
+            grads,
+            &self.biases_reached(d_energy.is_some(), d_grad.is_some()),
+        )
     }
 
     /// Keeps the blocks' tapes (up to `MAX_SPARE_TAPES` = 16) for the next recordings.
@@ -418,7 +424,9 @@ impl FusedBackprop for HostConv {
             pool.extend(rec.into_blocks().into_iter().take(room));
         }
     }
+}
 
+impl HostConv {
     /// A convolution's bias through V always; through ∇ₓV only via a curved map (a'' ≠ 0) at
     /// or above it: its own activation, a later one, a dense one or the clamped head.
     fn biases_reached(&self, energy: bool, grad: bool) -> Vec<bool> {
@@ -431,12 +439,6 @@ impl FusedBackprop for HostConv {
             .collect();
         reached.extend(self.dense.biases_reached(energy, grad));
         reached
-    }
-
-    fn zero_grads(&self) -> Vec<Vec<f32>> {
-        let mut out = self.conv_zero_grads();
-        out.extend(self.dense.zero_grads());
-        out
     }
 }
 

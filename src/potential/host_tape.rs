@@ -8,10 +8,14 @@
 //! `[B, 1, N, E]`, heads `[B, H, N, d]`. A reshape is free (the same buffer under new dims).
 //! Every op's value and input gradient equal the tensor tape's (tests at the end of this file).
 
+use std::sync::Arc;
+
 use super::host_mlp::{activate, gemm_into};
 use super::host_ops::{to_channel_major, to_row_major, ConvGeom, Layout};
 use super::tape::NORM_EPS;
 use super::Activation;
+
+mod dual;
 
 /// A value recorded on a [`HostTape`]: its slot and its shape.
 #[derive(Debug, Clone, Copy)]
@@ -31,26 +35,32 @@ impl HostVar {
     }
 }
 
-/// A parameter of the network: its values and the shape it broadcasts as.
+/// The parameters a [`HostTape`] reads, by index (shared with the tapes of other blocks).
+pub(crate) type HostParams = Arc<[Vec<f32>]>;
+
+/// A parameter that broadcasts over a value: its index and the shape it broadcasts as.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Affine<'p> {
-    pub values: &'p [f32],
+pub(crate) struct Affine {
+    pub index: usize,
     /// `[1, C, 1, 1]`, `[1, 1, 1, E]`, `[1, 1, N, E]`, …: each axis 1 or the value's.
     pub shape: [usize; 4],
 }
 
-/// How each recorded value was computed: what its reverse step needs.
-enum Op<'p> {
+/// How each recorded value was computed: what its reverse step needs. Parameters are
+/// indices into the tape's [`HostParams`].
+enum Op {
     Input,
     Conv {
         x: usize,
         geom: ConvGeom,
-        weight: &'p [f32],
+        weight: usize,
+        bias: usize,
     },
-    /// y = a(x); keeps a'(x).
+    /// y = a(x); keeps a'(x), and a''(x) on a tape for training (else empty).
     Act {
         x: usize,
         deriv: Vec<f32>,
+        deriv2: Vec<f32>,
     },
     Add(usize, usize),
     Scale {
@@ -60,7 +70,8 @@ enum Op<'p> {
     ScaleShift {
         x: usize,
         dims: [usize; 4],
-        gamma: Option<Affine<'p>>,
+        gamma: Option<Affine>,
+        beta: Affine,
     },
     Cat {
         a: usize,
@@ -83,12 +94,12 @@ enum Op<'p> {
     /// x̂ = (x − μ)·r per row; keeps r (x̂ is the value).
     Standardize {
         x: usize,
-        rows: usize,
         r: Vec<f32>,
     },
     Linear {
         x: usize,
-        weight: &'p [f32],
+        weight: usize,
+        bias: usize,
         d_in: usize,
         d_out: usize,
     },
@@ -143,20 +154,26 @@ impl Buffers {
     }
 }
 
-/// The recorded ops of one forward pass on host buffers, over parameters borrowed for `'p`.
-pub(crate) struct HostTape<'p> {
+/// The recorded ops of one forward pass on host buffers.
+pub(crate) struct HostTape {
+    params: HostParams,
+    /// Whether activations keep their second derivatives (for [`HostTape::param_gradient`]).
+    second_order: bool,
     values: Vec<Vec<f32>>,
-    ops: Vec<Op<'p>>,
+    ops: Vec<Op>,
     buffers: Buffers,
     /// Patch-matrix and channel-major work buffers of the convolutions.
     work: [Vec<f32>; 2],
 }
 
-impl<'p> HostTape<'p> {
-    /// An empty tape drawing its buffers from `buffers`.
-    pub fn new(mut buffers: Buffers) -> Self {
+impl HostTape {
+    /// An empty tape over `params`, drawing its buffers from `buffers`; `second_order` keeps
+    /// what [`HostTape::param_gradient`] needs beyond the input gradient.
+    pub fn new(params: HostParams, second_order: bool, mut buffers: Buffers) -> Self {
         let work = std::mem::take(&mut buffers.work);
         Self {
+            params,
+            second_order,
             values: Vec::new(),
             ops: Vec::new(),
             buffers,
@@ -171,7 +188,11 @@ impl<'p> HostTape<'p> {
         }
         for op in self.ops.drain(..) {
             match op {
-                Op::Act { deriv: v, .. } | Op::Standardize { r: v, .. } => self.buffers.give(v),
+                Op::Act { deriv, deriv2, .. } => {
+                    self.buffers.give(deriv);
+                    self.buffers.give(deriv2);
+                }
+                Op::Standardize { r, .. } => self.buffers.give(r),
                 _ => {}
             }
         }
@@ -179,12 +200,20 @@ impl<'p> HostTape<'p> {
         self.buffers
     }
 
+    /// Hands the tape's spare and work buffers out for `incoming` (the recorded values stay).
+    pub fn swap_buffers(&mut self, mut incoming: Buffers) -> Buffers {
+        let work = std::mem::replace(&mut self.work, std::mem::take(&mut incoming.work));
+        let mut outgoing = std::mem::replace(&mut self.buffers, incoming);
+        outgoing.work = work;
+        outgoing
+    }
+
     /// The value of `v`.
     pub fn value(&self, v: &HostVar) -> &[f32] {
         &self.values[v.id][..v.len()]
     }
 
-    fn push(&mut self, value: Vec<f32>, dims: [usize; 4], op: Op<'p>) -> HostVar {
+    fn push(&mut self, value: Vec<f32>, dims: [usize; 4], op: Op) -> HostVar {
         debug_assert_eq!(value.len(), dims.iter().product::<usize>());
         self.values.push(value);
         self.ops.push(op);
@@ -201,28 +230,73 @@ impl<'p> HostTape<'p> {
         self.push(v, dims, Op::Input)
     }
 
-    /// 2-D convolution with weight `[out, in, k, k]` (flattened), bias, stride and padding.
+    /// 2-D convolution with parameters `weight` (`[out, in, k, k]`, flattened) and `bias`,
+    /// kernel size, stride and padding.
     pub fn conv2d(
         &mut self,
         x: &HostVar,
-        weight: &'p [f32],
-        bias: &[f32],
+        (weight, bias): (usize, usize),
         (k, stride, pad): (usize, usize, usize),
     ) -> HostVar {
         let [n, c, h, w] = x.dims;
-        let geom = ConvGeom::new(c, bias.len(), k, stride, pad, h, w);
-        let [cols, cm] = &mut self.work;
-        geom.im2col(&self.values[x.id], n, Layout::ImageMajor, cols);
-        geom.forward(weight, bias, cols, n, cm);
-        let mut y = self.buffers.take(cm.len());
-        to_row_major(cm, n, geom.c_out, geom.plane_out(), &mut y);
+        let params = Arc::clone(&self.params);
+        let geom = ConvGeom::new(c, params[bias].len(), k, stride, pad, h, w);
+        let y = self.conv_values(&geom, &params[weight], Some(&params[bias]), x.id, n);
         let dims = [n, geom.c_out, geom.h_out, geom.w_out];
         let op = Op::Conv {
             x: x.id,
             geom,
             weight,
+            bias,
         };
         self.push(y, dims, op)
+    }
+
+    /// conv(v, W) (+ b) of the `n` row-major maps in `v`, into a fresh row-major buffer.
+    fn conv_map(
+        &mut self,
+        geom: &ConvGeom,
+        (weight, bias): (&[f32], Option<&[f32]>),
+        v: &[f32],
+        n: usize,
+    ) -> Vec<f32> {
+        let [cols, cm] = &mut self.work;
+        geom.im2col(v, n, Layout::ImageMajor, cols);
+        match bias {
+            Some(b) => geom.forward(weight, b, cols, n, cm),
+            None => {
+                let m = n * geom.plane_out();
+                // overwritten by the product
+                cm.resize(geom.c_out * m, 0.0);
+                gemm_into(
+                    cm,
+                    (weight, false),
+                    (cols, false),
+                    geom.c_out,
+                    geom.patch(),
+                    m,
+                    false,
+                );
+            }
+        }
+        let mut y = self.buffers.take(cm.len());
+        to_row_major(cm, n, geom.c_out, geom.plane_out(), &mut y);
+        y
+    }
+
+    /// [`Self::conv_map`] of the recorded value `x`.
+    fn conv_values(
+        &mut self,
+        geom: &ConvGeom,
+        weight: &[f32],
+        bias: Option<&[f32]>,
+        x: usize,
+        n: usize,
+    ) -> Vec<f32> {
+        let v = std::mem::take(&mut self.values[x]);
+        let y = self.conv_map(geom, (weight, bias), &v, n);
+        self.values[x] = v;
+        y
     }
 
     /// y = a(x) elementwise.
@@ -232,9 +306,21 @@ impl<'p> HostTape<'p> {
         let mut deriv = self.buffers.take(x.len());
         let width = x.dims[3];
         let zeros = self.buffers.zeros(width);
-        activate::<false>(&mut y, &mut deriv, &mut [], &zeros, act);
+        let deriv2 = if self.second_order {
+            let mut d2 = self.buffers.take(x.len());
+            activate::<true>(&mut y, &mut deriv, &mut d2, &zeros, act);
+            d2
+        } else {
+            activate::<false>(&mut y, &mut deriv, &mut [], &zeros, act);
+            Vec::new()
+        };
         self.buffers.give(zeros);
-        self.push(y, x.dims, Op::Act { x: x.id, deriv })
+        let op = Op::Act {
+            x: x.id,
+            deriv,
+            deriv2,
+        };
+        self.push(y, x.dims, op)
     }
 
     /// y = a + b.
@@ -258,25 +344,22 @@ impl<'p> HostTape<'p> {
     }
 
     /// y = x ⊙ γ + β with γ and β broadcast from their shapes.
-    pub fn scale_shift(
-        &mut self,
-        x: &HostVar,
-        gamma: Option<Affine<'p>>,
-        beta: Affine<'_>,
-    ) -> HostVar {
+    pub fn scale_shift(&mut self, x: &HostVar, gamma: Option<Affine>, beta: Affine) -> HostVar {
         let mut y = self.buffers.take(x.len());
         y.copy_from_slice(self.value(x));
+        let params = &self.params;
         for_each_row(x.dims, |row, p_row| {
             let y = &mut y[row];
             if let Some(g) = gamma {
-                broadcast_row(g, p_row, y, |y, g| *y *= g);
+                broadcast_row(&params[g.index], g.shape, p_row, y, |y, g| *y *= g);
             }
-            broadcast_row(beta, p_row, y, |y, b| *y += b);
+            broadcast_row(&params[beta.index], beta.shape, p_row, y, |y, b| *y += b);
         });
         let op = Op::ScaleShift {
             x: x.id,
             dims: x.dims,
             gamma,
+            beta,
         };
         self.push(y, x.dims, op)
     }
@@ -287,11 +370,7 @@ impl<'p> HostTape<'p> {
         let cb = b.dims[1];
         let (per_a, per_b) = (ca * h * w, cb * h * w);
         let mut y = self.buffers.take(n * (per_a + per_b));
-        let (va, vb) = (self.value(a), self.value(b));
-        for (i, out) in y.chunks_mut(per_a + per_b).enumerate() {
-            out[..per_a].copy_from_slice(&va[i * per_a..][..per_a]);
-            out[per_a..].copy_from_slice(&vb[i * per_b..][..per_b]);
-        }
+        cat(self.value(a), self.value(b), (per_a, per_b), &mut y);
         let op = Op::Cat {
             a: a.id,
             b: b.id,
@@ -305,18 +384,7 @@ impl<'p> HostTape<'p> {
     pub fn upsample2x(&mut self, x: &HostVar) -> HostVar {
         let [n, c, h, w] = x.dims;
         let mut y = self.buffers.take(4 * x.len());
-        let v = self.value(x);
-        for (plane, out) in v.chunks(h * w).zip(y.chunks_mut(4 * h * w)) {
-            for (i, row) in plane.chunks(w).enumerate() {
-                for di in 0..2 {
-                    let dst = &mut out[(2 * i + di) * 2 * w..][..2 * w];
-                    for (j, &val) in row.iter().enumerate() {
-                        dst[2 * j] = val;
-                        dst[2 * j + 1] = val;
-                    }
-                }
-            }
-        }
+        upsample(self.value(x), (h, w), &mut y);
         let op = Op::Up {
             x: x.id,
             dims: x.dims,
@@ -364,32 +432,27 @@ impl<'p> HostTape<'p> {
             }
             *r = inv as f32;
         }
-        let op = Op::Standardize { x: x.id, rows, r };
+        let op = Op::Standardize { x: x.id, r };
         self.push(y, x.dims, op)
     }
 
-    /// y = x W + b on the last axis, with W `[in, out]` (flattened).
-    pub fn linear(&mut self, x: &HostVar, weight: &'p [f32], bias: &[f32]) -> HostVar {
+    /// y = x W + b on the last axis, with parameters `weight` (`[in, out]`, flattened) and
+    /// `bias`.
+    pub fn linear(&mut self, x: &HostVar, (weight, bias): (usize, usize)) -> HostVar {
         let [a, b, n, d_in] = x.dims;
-        let d_out = bias.len();
+        let (w, bv) = (&self.params[weight], &self.params[bias]);
+        let d_out = bv.len();
         let rows = a * b * n;
         let mut y = self.buffers.take(rows * d_out);
         for row in y.chunks_mut(d_out) {
-            row.copy_from_slice(bias);
+            row.copy_from_slice(bv);
         }
         let xv = &self.values[x.id];
-        gemm_into(
-            &mut y,
-            (xv, false),
-            (weight, false),
-            rows,
-            d_in,
-            d_out,
-            true,
-        );
+        gemm_into(&mut y, (xv, false), (w, false), rows, d_in, d_out, true);
         let op = Op::Linear {
             x: x.id,
             weight,
+            bias,
             d_in,
             d_out,
         };
@@ -462,19 +525,42 @@ impl<'p> HostTape<'p> {
         g.unwrap_or_else(|| vec![0.0; wrt_len])
     }
 
+    /// convᵀ(g, W) for a row-major `g` of a convolution's outputs (any number of maps): a
+    /// fresh row-major buffer of input-sized maps.
+    fn transpose_conv(&mut self, geom: &ConvGeom, weight: usize, g: &[f32]) -> Vec<f32> {
+        let n = g.len() / (geom.c_out * geom.plane_out());
+        let [cols, cm] = &mut self.work;
+        to_channel_major(g, n, geom.c_out, geom.plane_out(), cm);
+        let mut gx = self.buffers.take(geom.c_in * n * geom.plane_in());
+        let w = &self.params[weight];
+        geom.transpose_conv(w, cm, n, Layout::ImageMajor, cols, &mut gx);
+        gx
+    }
+
+    /// g ⊙ γ (γ broadcast over a value of shape `dims`; a copy of g without γ).
+    fn times_gamma(&mut self, g: &[f32], dims: [usize; 4], gamma: Option<Affine>) -> Vec<f32> {
+        let mut gx = self.buffers.take(g.len());
+        gx.copy_from_slice(g);
+        if let Some(gamma) = gamma {
+            let values = &self.params[gamma.index];
+            for_each_row(dims, |row, p_row| {
+                broadcast_row(values, gamma.shape, p_row, &mut gx[row], |y, g| *y *= g);
+            });
+        }
+        gx
+    }
+
     /// The reverse step of value `id` for its gradient `g`: (input slot, input gradient).
     fn backward(&mut self, id: usize, g: &[f32]) -> Vec<(usize, Vec<f32>)> {
         match &self.ops[id] {
             Op::Input => vec![],
-            &Op::Conv { x, geom, weight } => {
-                let n = g.len() / (geom.c_out * geom.plane_out());
-                let [cols, cm] = &mut self.work;
-                to_channel_major(g, n, geom.c_out, geom.plane_out(), cm);
-                let mut gx = self.buffers.take(geom.c_in * n * geom.plane_in());
-                geom.transpose_conv(weight, cm, n, Layout::ImageMajor, cols, &mut gx);
+            &Op::Conv {
+                x, geom, weight, ..
+            } => {
+                let gx = self.transpose_conv(&geom, weight, g);
                 vec![(x, gx)]
             }
-            Op::Act { x, deriv } => {
+            Op::Act { x, deriv, .. } => {
                 let mut gx = self.buffers.take(g.len());
                 for ((o, g), d) in gx.iter_mut().zip(g).zip(deriv) {
                     *o = g * d;
@@ -493,39 +579,19 @@ impl<'p> HostTape<'p> {
                 gx.iter_mut().zip(g).for_each(|(o, g)| *o = s * g);
                 vec![(x, gx)]
             }
-            &Op::ScaleShift { x, dims, gamma } => {
-                let mut gx = self.buffers.take(g.len());
-                gx.copy_from_slice(g);
-                if let Some(gamma) = gamma {
-                    for_each_row(dims, |row, p_row| {
-                        broadcast_row(gamma, p_row, &mut gx[row], |y, g| *y *= g);
-                    });
-                }
+            &Op::ScaleShift { x, dims, gamma, .. } => {
+                let gx = self.times_gamma(g, dims, gamma);
                 vec![(x, gx)]
             }
             &Op::Cat { a, b, per_a, per_b } => {
                 let n = g.len() / (per_a + per_b);
                 let (mut ga, mut gb) = (self.buffers.take(n * per_a), self.buffers.take(n * per_b));
-                for (i, src) in g.chunks(per_a + per_b).enumerate() {
-                    ga[i * per_a..][..per_a].copy_from_slice(&src[..per_a]);
-                    gb[i * per_b..][..per_b].copy_from_slice(&src[per_a..]);
-                }
+                split(g, (per_a, per_b), &mut ga, &mut gb);
                 vec![(a, ga), (b, gb)]
             }
             &Op::Up { x, dims } => {
-                let [_, _, h, w] = dims;
                 let mut gx = self.buffers.take(dims.iter().product());
-                for (src, out) in g.chunks(4 * h * w).zip(gx.chunks_mut(h * w)) {
-                    for (i, row) in out.chunks_mut(w).enumerate() {
-                        let (r0, r1) = (
-                            &src[2 * i * 2 * w..][..2 * w],
-                            &src[(2 * i + 1) * 2 * w..][..2 * w],
-                        );
-                        for (j, o) in row.iter_mut().enumerate() {
-                            *o = r0[2 * j] + r0[2 * j + 1] + r1[2 * j] + r1[2 * j + 1];
-                        }
-                    }
-                }
+                upsample_adjoint(g, (dims[2], dims[3]), &mut gx);
                 vec![(x, gx)]
             }
             &Op::Swap { x, dims, d1, d2 } => {
@@ -533,45 +599,22 @@ impl<'p> HostTape<'p> {
                 permute(g, dims, d1, d2, &mut gx);
                 vec![(x, gx)]
             }
-            Op::Standardize { x, rows, r } => {
-                let (x, rows) = (*x, *rows);
-                let m = g.len() / rows;
+            Op::Standardize { x, r, .. } => {
                 let mut gx = self.buffers.take(g.len());
-                let xhat = &self.values[id];
-                for (((gr, xr), out), &ri) in
-                    g.chunks(m).zip(xhat.chunks(m)).zip(gx.chunks_mut(m)).zip(r)
-                {
-                    let mean_g = gr.iter().map(|&v| v as f64).sum::<f64>() / m as f64;
-                    let mean_gx = gr
-                        .iter()
-                        .zip(xr)
-                        .map(|(&a, &b)| (a * b) as f64)
-                        .sum::<f64>()
-                        / m as f64;
-                    let (mean_g, mean_gx) = (mean_g as f32, mean_gx as f32);
-                    for ((o, &gv), &xv) in out.iter_mut().zip(gr).zip(xr) {
-                        *o = ri * (gv - mean_g - xv * mean_gx);
-                    }
-                }
-                vec![(x, gx)]
+                standardize_jacobian(g, &self.values[id], r, &mut gx);
+                vec![(*x, gx)]
             }
             &Op::Linear {
                 x,
                 weight,
                 d_in,
                 d_out,
+                ..
             } => {
                 let rows = g.len() / d_out;
                 let mut gx = self.buffers.take(rows * d_in);
-                gemm_into(
-                    &mut gx,
-                    (g, false),
-                    (weight, true),
-                    rows,
-                    d_out,
-                    d_in,
-                    false,
-                );
+                let w = &self.params[weight];
+                gemm_into(&mut gx, (g, false), (w, true), rows, d_out, d_in, false);
                 vec![(x, gx)]
             }
             &Op::Matmul { a, b, shape } => {
@@ -605,19 +648,94 @@ impl<'p> HostTape<'p> {
             }
             &Op::Softmax { x, width } => {
                 let mut gx = self.buffers.take(g.len());
-                let y = &self.values[id];
-                for ((gr, yr), out) in g
-                    .chunks(width)
-                    .zip(y.chunks(width))
-                    .zip(gx.chunks_mut(width))
-                {
-                    let dot: f32 = gr.iter().zip(yr).map(|(a, b)| a * b).sum();
-                    for ((o, &gv), &yv) in out.iter_mut().zip(gr).zip(yr) {
-                        *o = yv * (gv - dot);
-                    }
-                }
+                softmax_jacobian(g, &self.values[id], width, &mut gx);
                 vec![(x, gx)]
             }
+        }
+    }
+}
+
+/// Per image: `a`'s `per.0` values then `b`'s `per.1`, into `out`.
+fn cat(a: &[f32], b: &[f32], (per_a, per_b): (usize, usize), out: &mut [f32]) {
+    for (i, o) in out.chunks_mut(per_a + per_b).enumerate() {
+        o[..per_a].copy_from_slice(&a[i * per_a..][..per_a]);
+        o[per_a..].copy_from_slice(&b[i * per_b..][..per_b]);
+    }
+}
+
+/// The inverse of [`cat`].
+fn split(g: &[f32], (per_a, per_b): (usize, usize), a: &mut [f32], b: &mut [f32]) {
+    for (i, src) in g.chunks(per_a + per_b).enumerate() {
+        a[i * per_a..][..per_a].copy_from_slice(&src[..per_a]);
+        b[i * per_b..][..per_b].copy_from_slice(&src[per_a..]);
+    }
+}
+
+/// Nearest-neighbour up-sampling by 2 of `h × w` planes, into `out`.
+fn upsample(v: &[f32], (h, w): (usize, usize), out: &mut [f32]) {
+    for (plane, out) in v.chunks(h * w).zip(out.chunks_mut(4 * h * w)) {
+        for (i, row) in plane.chunks(w).enumerate() {
+            for di in 0..2 {
+                let dst = &mut out[(2 * i + di) * 2 * w..][..2 * w];
+                for (j, &val) in row.iter().enumerate() {
+                    dst[2 * j] = val;
+                    dst[2 * j + 1] = val;
+                }
+            }
+        }
+    }
+}
+
+/// The adjoint of [`upsample`]: each `h × w` output sums its 2×2 sources.
+fn upsample_adjoint(g: &[f32], (h, w): (usize, usize), out: &mut [f32]) {
+    for (src, out) in g.chunks(4 * h * w).zip(out.chunks_mut(h * w)) {
+        for (i, row) in out.chunks_mut(w).enumerate() {
+            let (r0, r1) = (
+                &src[2 * i * 2 * w..][..2 * w],
+                &src[(2 * i + 1) * 2 * w..][..2 * w],
+            );
+            for (j, o) in row.iter_mut().enumerate() {
+                *o = r0[2 * j] + r0[2 * j + 1] + r1[2 * j] + r1[2 * j + 1];
+            }
+        }
+    }
+}
+
+/// J·g per row for the standardisation x̂ = (x − μ)·r of rows of `r.len()` groups: J =
+/// r (I − 11ᵀ/m − x̂x̂ᵀ/m) is symmetric, so this is both the input gradient and the tangent.
+fn standardize_jacobian(g: &[f32], xhat: &[f32], r: &[f32], out: &mut [f32]) {
+    let m = g.len() / r.len();
+    for (((gr, xr), out), &ri) in g
+        .chunks(m)
+        .zip(xhat.chunks(m))
+        .zip(out.chunks_mut(m))
+        .zip(r)
+    {
+        let mean_g = gr.iter().map(|&v| v as f64).sum::<f64>() / m as f64;
+        let mean_gx = gr
+            .iter()
+            .zip(xr)
+            .map(|(&a, &b)| (a * b) as f64)
+            .sum::<f64>()
+            / m as f64;
+        let (mean_g, mean_gx) = (mean_g as f32, mean_gx as f32);
+        for ((o, &gv), &xv) in out.iter_mut().zip(gr).zip(xr) {
+            *o = ri * (gv - mean_g - xv * mean_gx);
+        }
+    }
+}
+
+/// J·g per row of `width` for y = softmax(x): J = diag(y) − yyᵀ is symmetric, so this is both
+/// the input gradient and the tangent.
+fn softmax_jacobian(g: &[f32], y: &[f32], width: usize, out: &mut [f32]) {
+    for ((gr, yr), out) in g
+        .chunks(width)
+        .zip(y.chunks(width))
+        .zip(out.chunks_mut(width))
+    {
+        let dot: f32 = gr.iter().zip(yr).map(|(a, b)| a * b).sum();
+        for ((o, &gv), &yv) in out.iter_mut().zip(gr).zip(yr) {
+            *o = yv * (gv - dot);
         }
     }
 }
@@ -637,22 +755,27 @@ fn for_each_row(dims: [usize; 4], mut f: impl FnMut(std::ops::Range<usize>, (usi
     }
 }
 
-/// Applies `f(y, p)` along a row `y` with the parameter `p` broadcast over it; `(ci, hi)` are
-/// the row's channel and height indices.
+/// Where the parameter row of a row `(ci, hi)` starts in a parameter of shape `shape`.
+fn broadcast_base([_, pc, ph, pw]: [usize; 4], (ci, hi): (usize, usize)) -> usize {
+    (if pc > 1 { ci } else { 0 }) * ph * pw + (if ph > 1 { hi } else { 0 }) * pw
+}
+
+/// Applies `f(y, p)` along a row `y` with the parameter `values` (of shape `shape`)
+/// broadcast over it; `(ci, hi)` are the row's channel and height indices.
 fn broadcast_row(
-    p: Affine<'_>,
-    (ci, hi): (usize, usize),
+    values: &[f32],
+    shape: [usize; 4],
+    p_row: (usize, usize),
     y: &mut [f32],
     f: impl Fn(&mut f32, f32),
 ) {
-    let [_, pc, ph, pw] = p.shape;
-    let base = (if pc > 1 { ci } else { 0 }) * ph * pw + (if ph > 1 { hi } else { 0 }) * pw;
+    let (base, pw) = (broadcast_base(shape, p_row), shape[3]);
     if pw > 1 {
         y.iter_mut()
-            .zip(&p.values[base..base + pw])
+            .zip(&values[base..base + pw])
             .for_each(|(y, &v)| f(y, v));
     } else {
-        let v = p.values[base];
+        let v = values[base];
         y.iter_mut().for_each(|y| f(y, v));
     }
 }

@@ -681,6 +681,20 @@ fn host_unet_vit_matches_the_tensor_network() {
 }
 
 #[test]
+fn fused_unet_vit_backprop_equals_autodiff_over_the_explicit_gradient() {
+    // 6 images: a full host block and a partial one. Without the clamp a loss on ∇ₓV alone
+    // gives no gradient to the energy head's bias nor to the shift of the norm before it (they
+    // move V by a constant): both paths must say so
+    for clamp in [None, Some(0.9)] {
+        let m = small_unet_vit(clamp);
+        let host = HostUNetVit::new(&m);
+        let label = format!("unet_vit clamp {clamp:?}");
+        check_fused_backprop(&m, &host, 6, 45, &label);
+        check_recording(&m, &host, 6, 46);
+    }
+}
+
+#[test]
 fn unet_vit_input_gradient_matches_finite_differences_and_autodiff() {
     let b = 2;
     for clamp in [None, Some(0.9)] {

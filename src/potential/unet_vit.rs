@@ -754,4 +754,11 @@ impl Model for UNetVit {
             }))
         }
     }
+
+    /// On the CPU the host kernels ([`HostUNetVit`]); on a GPU none (autodiff on the tensor
+    /// tape).
+    fn fused_backprop(&self) -> Result<Option<super::Fused>> {
+        let on_cpu = recorders::on_cpu(&self.params[0].device());
+        Ok(on_cpu.then(|| super::Fused::UNetVit(HostUNetVit::new(self))))
+    }
 }

@@ -2,19 +2,22 @@
 //!
 //! [`Recorder`] is the op set of the network (convolutions, norms, attention's pieces). On
 //! [`TensorRecorder`] the pass is a [`Tape`] of burn tensor ops whose ∇ₓV is differentiable
-//! again (training); on [`HostRecorder`] it is a [`HostTape`] of fused f32 kernels, used by
-//! [`HostUNetVit`] wherever only V and ∇ₓV are needed (samplers, Langevin negatives).
+//! again by autodiff (training on a GPU); on [`HostRecorder`] it is a [`HostTape`] of fused f32
+//! kernels, which [`HostUNetVit`] runs on the CPU: for V and ∇ₓV (samplers, Langevin
+//! negatives) and for the parameter gradient of a training loss (reverse over forward mode).
 
 use std::cell::RefCell;
+use std::sync::Mutex;
 
 use burn::tensor::Device;
 
 use super::{Conv, Linear, Norm, UNetVit};
 use crate::backend::to_f64_vec;
 use crate::potential::host_backprop::head_terms;
-use crate::potential::host_tape::{Affine, Buffers, HostTape, HostVar};
+use crate::potential::host_tape::{Affine, Buffers, HostParams, HostTape, HostVar};
 use crate::potential::tape::{Tape, Var};
 use crate::potential::{Activation, Potential};
+use crate::potential::{FusedBackprop, RecordedBlock, Recording};
 use crate::sampler::{GradField, Scratch};
 
 /// The ops of the UNet → ViT pass, with parameters named by their index in the network.
@@ -126,22 +129,12 @@ impl Recorder for TensorRecorder<'_> {
     }
 }
 
-/// The pass on a [`HostTape`], with f32 copies of the parameters.
-struct HostRecorder<'p> {
-    tape: HostTape<'p>,
-    params: &'p [Vec<f32>],
+/// The pass on a [`HostTape`] (whose parameters are f32 copies of the network's).
+struct HostRecorder {
+    tape: HostTape,
 }
 
-impl<'p> HostRecorder<'p> {
-    fn affine(&self, index: usize, shape: [usize; 4]) -> Affine<'p> {
-        Affine {
-            values: &self.params[index],
-            shape,
-        }
-    }
-}
-
-impl Recorder for HostRecorder<'_> {
+impl Recorder for HostRecorder {
     type Var = HostVar;
 
     fn dims(v: &HostVar) -> [usize; 4] {
@@ -149,25 +142,32 @@ impl Recorder for HostRecorder<'_> {
     }
 
     fn conv(&mut self, x: &HostVar, c: &Conv) -> HostVar {
-        let (w, b) = (&self.params[c.weight], &self.params[c.bias]);
-        self.tape.conv2d(x, w, b, (c.k, c.stride, c.padding))
+        self.tape
+            .conv2d(x, (c.weight, c.bias), (c.k, c.stride, c.padding))
     }
 
     fn linear(&mut self, x: &HostVar, l: &Linear) -> HostVar {
-        let (w, b) = (&self.params[l.weight], &self.params[l.bias]);
-        self.tape.linear(x, w, b)
+        self.tape.linear(x, (l.weight, l.bias))
     }
 
     fn norm(&mut self, x: &HostVar, n: &Norm) -> HostVar {
         let (rows, shape) = norm_layout(n, x.dims());
         let s = self.tape.standardize(x, rows);
-        let (gamma, beta) = (self.affine(n.gamma, shape), self.affine(n.beta, shape));
+        let (gamma, beta) = (
+            Affine {
+                index: n.gamma,
+                shape,
+            },
+            Affine {
+                index: n.beta,
+                shape,
+            },
+        );
         self.tape.scale_shift(&s, Some(gamma), beta)
     }
 
     fn shift(&mut self, x: &HostVar, index: usize, shape: [usize; 4]) -> HostVar {
-        let beta = self.affine(index, shape);
-        self.tape.scale_shift(x, None, beta)
+        self.tape.scale_shift(x, None, Affine { index, shape })
     }
 
     fn activation(&mut self, x: &HostVar, act: Activation) -> HostVar {
@@ -210,19 +210,56 @@ impl Recorder for HostRecorder<'_> {
 /// Images per host pass (bigger blocks make better gemm shapes on small maps).
 const HOST_BLOCK: usize = 4;
 
-/// The f32 host form of a [`UNetVit`]: V and ∇ₓV on host-tape kernels, for samplers and
-/// Langevin chains (training steps stay on the tensor tape and autodiff). Each image is
-/// computed on its own (the network mixes nothing across the batch), so results do not depend
-/// on how rows are split into calls.
-pub struct HostUNetVit<'a> {
-    net: &'a UNetVit,
-    params: Vec<Vec<f32>>,
+thread_local! {
+    /// Work buffers of the passes run on this thread.
+    static BUFFERS: RefCell<Buffers> = RefCell::new(Buffers::default());
 }
 
-impl<'a> HostUNetVit<'a> {
+/// Buffers of recorded blocks whose training step is done, for the next step's blocks.
+static SPARE_BUFFERS: Mutex<Vec<Buffers>> = Mutex::new(Vec::new());
+
+/// Most buffer sets kept for reuse: a phase-2 step at batch 128 records 64 blocks at once.
+const MAX_SPARE_BUFFERS: usize = 64;
+
+/// The f32 host form of a [`UNetVit`]: V and ∇ₓV on host-tape kernels (samplers, Langevin
+/// chains), and the parameter gradient of a training loss on them by reverse mode over
+/// forward mode ([`FusedBackprop`]), with no autodiff. Each image is computed on its own (the
+/// network mixes nothing across the batch), so results do not depend on how rows are split
+/// into calls.
+pub struct HostUNetVit {
+    /// The architecture (its tensor parameters left out).
+    net: UNetVit,
+    params: HostParams,
+}
+
+/// One block of images recorded for a training step: the tape of its pass, V and ∇ₓV.
+pub struct UNetVitBlock {
+    /// Locked only by the one thread that sweeps the block.
+    tape: Mutex<HostTape>,
+    input: HostVar,
+    out: HostVar,
+    energy: Vec<f32>,
+    grad: Vec<f32>,
+}
+
+impl RecordedBlock for UNetVitBlock {
+    fn rows(&self) -> usize {
+        self.energy.len()
+    }
+
+    fn energy(&self) -> &[f32] {
+        &self.energy
+    }
+
+    fn grad(&self) -> &[f32] {
+        &self.grad
+    }
+}
+
+impl HostUNetVit {
     /// f32 copies of the parameters of `net` (any precision).
-    pub fn new(net: &'a UNetVit) -> Self {
-        let params = net
+    pub fn new(net: &UNetVit) -> Self {
+        let params: Vec<Vec<f32>> = net
             .params
             .iter()
             .map(|p| {
@@ -232,7 +269,58 @@ impl<'a> HostUNetVit<'a> {
                     .collect()
             })
             .collect();
-        Self { net, params }
+        let skeleton = UNetVit {
+            config: net.config.clone(),
+            output_scale: net.output_scale,
+            energy_clamp: net.energy_clamp,
+            plan: net.plan.clone(),
+            names: net.names.clone(),
+            shapes: net.shapes.clone(),
+            params: Vec::new(),
+        };
+        Self {
+            net: skeleton,
+            params: params.into(),
+        }
+    }
+
+    /// The head's scale and clamp in f32.
+    fn head(&self) -> (f32, Option<f32>) {
+        let clamp = self.net.energy_clamp.map(|c| c as f32);
+        (self.net.output_scale as f32, clamp)
+    }
+
+    /// Records the pass over the `rows` images in `x` on `tape`, then ∇ₓV when `grad` is asked
+    /// for: (input, per-patch raw energies, V per image, ∇ₓV).
+    fn run(
+        &self,
+        t: &mut HostRecorder,
+        x: &[f32],
+        rows: usize,
+        grad: bool,
+    ) -> (HostVar, HostVar, Vec<f32>, Option<Vec<f32>>) {
+        let s = self.net.config.image;
+        let input = t.tape.input(x, [rows, s.channels, s.height, s.width]);
+        let out = self.net.pass(t, &input);
+        // V = Σ_patches head(o): seed ∂V/∂o = head'(o)
+        let (scale, clamp) = self.head();
+        let raw = t.tape.value(&out);
+        let patches = raw.len() / rows;
+        let mut seed = vec![0.0f32; raw.len()];
+        let mut energy = vec![0.0f32; rows];
+        for ((o, sd), e) in raw
+            .chunks(patches)
+            .zip(seed.chunks_mut(patches))
+            .zip(&mut energy)
+        {
+            for (&o, sd) in o.iter().zip(sd) {
+                let [value, slope, _] = head_terms(o, scale, clamp);
+                *e += value;
+                *sd = slope;
+            }
+        }
+        let g = grad.then(|| t.tape.gradient(&out, &seed, &input));
+        (input, out, energy, g)
     }
 
     /// V (when `energy` is given) and ∇ₓV (when `grad` is) of `n` rows, [`HOST_BLOCK`] images
@@ -244,53 +332,102 @@ impl<'a> HostUNetVit<'a> {
         mut energy: Option<&mut [f32]>,
         mut grad: Option<&mut [f32]>,
     ) {
-        thread_local! {
-            static BUFFERS: RefCell<Buffers> = RefCell::new(Buffers::default());
-        }
-        let s = self.net.config.image;
-        let d = s.numel();
-        let (scale, clamp) = (
-            self.net.output_scale as f32,
-            self.net.energy_clamp.map(|c| c as f32),
-        );
+        let d = self.net.config.image.numel();
         for start in (0..n).step_by(HOST_BLOCK) {
             let rows = HOST_BLOCK.min(n - start);
-            let mut t = HostRecorder {
-                tape: HostTape::new(BUFFERS.take()),
-                params: &self.params,
-            };
-            let dims = [rows, s.channels, s.height, s.width];
-            let input = t.tape.input(&x[start * d..(start + rows) * d], dims);
-            let out = self.net.pass(&mut t, &input);
-            // V = Σ_patches head(o): seed ∂V/∂o = head'(o)
-            let raw = t.tape.value(&out);
-            let patches = raw.len() / rows;
-            let mut seed = vec![0.0f32; raw.len()];
-            for (i, (o, sd)) in raw
-                .chunks(patches)
-                .zip(seed.chunks_mut(patches))
-                .enumerate()
-            {
-                let mut v = 0.0f32;
-                for (&o, sd) in o.iter().zip(sd) {
-                    let [value, slope, _] = head_terms(o, scale, clamp);
-                    v += value;
-                    *sd = slope;
-                }
-                if let Some(e) = energy.as_deref_mut() {
-                    e[start + i] = v;
-                }
+            let tape = HostTape::new(self.params.clone(), false, BUFFERS.take());
+            let mut t = HostRecorder { tape };
+            let xs = &x[start * d..(start + rows) * d];
+            let (_, _, e, g) = self.run(&mut t, xs, rows, grad.is_some());
+            if let Some(out) = energy.as_deref_mut() {
+                out[start..start + rows].copy_from_slice(&e);
             }
-            if let Some(grad) = grad.as_deref_mut() {
-                let g = t.tape.gradient(&out, &seed, &input);
-                grad[start * d..(start + rows) * d].copy_from_slice(&g);
+            if let (Some(out), Some(g)) = (grad.as_deref_mut(), g) {
+                out[start * d..(start + rows) * d].copy_from_slice(&g);
             }
             BUFFERS.set(t.tape.into_buffers());
         }
     }
 }
 
-impl GradField for HostUNetVit<'_> {
+impl FusedBackprop for HostUNetVit {
+    type Tape = UNetVitBlock;
+    const BLOCK_ROWS: usize = HOST_BLOCK;
+
+    fn record_block(&self, x: &[f32], n: usize) -> UNetVitBlock {
+        let spare = SPARE_BUFFERS.lock().ok().and_then(|mut pool| pool.pop());
+        let tape = HostTape::new(self.params.clone(), true, spare.unwrap_or_default());
+        let mut t = HostRecorder { tape };
+        let (input, out, energy, grad) = self.run(&mut t, x, n, true);
+        UNetVitBlock {
+            tape: Mutex::new(t.tape),
+            input,
+            out,
+            energy,
+            grad: grad.expect("asked for"),
+        }
+    }
+
+    fn block_param_grads(
+        &self,
+        block: &UNetVitBlock,
+        d_energy: Option<&[f32]>,
+        d_grad: Option<&[f32]>,
+    ) -> Vec<Option<Vec<f32>>> {
+        let mut tape = block.tape.lock().unwrap_or_else(|e| e.into_inner());
+        // the sweep's temporaries come from this thread's buffers, not the block's
+        let own = tape.swap_buffers(BUFFERS.take());
+        let t = tape.tangents(&block.input, d_grad);
+        // J = Σ_rows ē·V + ⟨Ḡ, ∇ₓV⟩ with V = Σ_patches head(o) and ⟨Ḡ, ∇ₓV⟩ = Σ head'(o)·ȯ:
+        // ∂J/∂o = ē·head'(o) + head''(o)·ȯ, ∂J/∂ȯ = head'(o)
+        let (scale, clamp) = self.head();
+        let raw = tape.value(&block.out);
+        let patches = raw.len() / block.rows();
+        let terms: Vec<[f32; 3]> = raw.iter().map(|&o| head_terms(o, scale, clamp)).collect();
+        let curved = clamp.is_some() && d_grad.is_some();
+        let seed = (d_energy.is_some() || curved).then(|| {
+            let tangent = t.of(&block.out);
+            (0..raw.len())
+                .map(|i| {
+                    let [_, slope, curv] = terms[i];
+                    let e = d_energy.map_or(0.0, |e| e[i / patches] * slope);
+                    e + tangent.map_or(0.0, |t| curv * t[i])
+                })
+                .collect::<Vec<f32>>()
+        });
+        let tangent_seed = d_grad.is_some().then(|| {
+            terms
+                .iter()
+                .map(|[_, slope, _]| *slope)
+                .collect::<Vec<f32>>()
+        });
+        let mut grads = vec![None; self.params.len()];
+        tape.param_gradient(
+            (&block.input, &block.out),
+            &t,
+            (seed.as_deref(), tangent_seed.as_deref()),
+            &mut grads,
+        );
+        tape.give_tangents(t);
+        BUFFERS.set(tape.swap_buffers(own));
+        grads
+    }
+
+    /// Keeps the blocks' buffers (up to `MAX_SPARE_BUFFERS`) for the next recordings.
+    fn recycle(&self, rec: Recording<UNetVitBlock>) {
+        if let Ok(mut pool) = SPARE_BUFFERS.lock() {
+            for block in rec.into_blocks() {
+                if pool.len() >= MAX_SPARE_BUFFERS {
+                    break;
+                }
+                let tape = block.tape.into_inner().unwrap_or_else(|e| e.into_inner());
+                pool.push(tape.into_buffers());
+            }
+        }
+    }
+}
+
+impl GradField for HostUNetVit {
     fn dim(&self) -> usize {
         self.net.dim()
     }
