@@ -451,7 +451,7 @@ pub enum Fused {
     /// A [`super::ConvNet`]'s.
     Conv(super::HostConv),
     /// A [`super::UNetVit`]'s.
-    UNetVit(super::HostUNetVit),
+    UNetVit(Box<super::HostUNetVit>),
 }
 
 impl GradField for Fused {

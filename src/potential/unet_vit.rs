@@ -759,6 +759,6 @@ impl Model for UNetVit {
     /// tape).
     fn fused_backprop(&self) -> Result<Option<super::Fused>> {
         let on_cpu = recorders::on_cpu(&self.params[0].device());
-        Ok(on_cpu.then(|| super::Fused::UNetVit(HostUNetVit::new(self))))
+        Ok(on_cpu.then(|| super::Fused::UNetVit(Box::new(HostUNetVit::new(self)))))
     }
 }

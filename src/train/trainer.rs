@@ -252,7 +252,9 @@ impl<M: Model> Trainer<M> {
         let ev = match fused {
             Some(Fused::Mlp(host)) => self.evaluate_fused(&host, flow, flow_weight, contrast),
             Some(Fused::Conv(host)) => self.evaluate_fused(&host, flow, flow_weight, contrast),
-            Some(Fused::UNetVit(host)) => self.evaluate_fused(&host, flow, flow_weight, contrast),
+            Some(Fused::UNetVit(host)) => {
+                self.evaluate_fused(host.as_ref(), flow, flow_weight, contrast)
+            }
             None if self.state.model.dim() <= SERIAL_MAX_DIM => {
                 serial_pool().install(|| self.evaluate_autodiff(flow, flow_weight, contrast))
             }
