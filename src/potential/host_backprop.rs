@@ -18,7 +18,9 @@ use rayon::prelude::*;
 
 use super::host_mlp::{activate, dot, gemm_into};
 use super::HostMlp;
-use crate::sampler::GradField;
+use std::ops::Range;
+
+use crate::sampler::{GradField, Scratch};
 
 /// A network whose training-step gradients are derived by hand and run on f32 host buffers,
 /// one block of rows at a time: the forward and input-gradient passes are recorded per block
@@ -54,10 +56,65 @@ pub trait FusedBackprop: GradField + Send + Sync {
         Recording { chunks }
     }
 
-    /// Hands a recording back once its gradients are taken, so that its buffers can serve
-    /// the next [`FusedBackprop::record`] (the default just drops it).
+    /// Hands a block back once its gradients are taken, so that its buffers can serve the
+    /// next [`FusedBackprop::record_block`] (the default just drops it).
+    fn recycle_block(&self, block: Self::Tape) {
+        drop(block);
+    }
+
+    /// Hands every block of a recording back ([`FusedBackprop::recycle_block`]).
     fn recycle(&self, rec: Recording<Self::Tape>) {
-        drop(rec);
+        for block in rec.chunks {
+            self.recycle_block(block);
+        }
+    }
+
+    /// V of `n` rows, on all threads, keeping nothing for a reverse sweep.
+    fn energies(&self, x: &[f32], n: usize) -> Vec<f32> {
+        let d = self.dim();
+        x[..n * d]
+            .par_chunks(Self::BLOCK_ROWS * d)
+            .flat_map_iter(|xc| {
+                let rows = xc.len() / d;
+                let mut e = vec![0.0; rows];
+                self.energy(xc, rows, &mut e, &mut Scratch::default());
+                e
+            })
+            .collect()
+    }
+
+    /// ∂L/∂θ for a loss whose derivatives for each block of rows depend only on those rows'
+    /// V and ∇ₓV: `seeds(rows, energy, grad)` gives (∂L/∂V, ∂L/∂∇ₓV) of the rows `rows`
+    /// (`None`: L does not depend on it). Each block is recorded, swept and recycled at once,
+    /// one per thread at a time, so memory holds a few blocks whatever the batch; the sum runs
+    /// in block order, as in [`FusedBackprop::param_grads`]. Also gives every row's V and ∇ₓV.
+    fn param_grads_streamed<S>(&self, x: &[f32], n: usize, seeds: S) -> Streamed
+    where
+        S: Fn(Range<usize>, &[f32], &[f32]) -> Seeds + Sync,
+    {
+        let d = self.dim();
+        let starts: Vec<usize> = (0..n).step_by(Self::BLOCK_ROWS).collect();
+        let mut out = Streamed::default();
+        for some in starts.chunks(rayon::current_num_threads().max(1)) {
+            let partials: Vec<_> = some
+                .par_iter()
+                .map(|&r0| {
+                    let rows = r0..(r0 + Self::BLOCK_ROWS).min(n);
+                    let block = self.record_block(&x[r0 * d..rows.end * d], rows.len());
+                    let (de, dg) = seeds(rows, block.energy(), block.grad());
+                    let grads = self.block_param_grads(&block, de.as_deref(), dg.as_deref());
+                    let values = (block.energy().to_vec(), block.grad().to_vec());
+                    self.recycle_block(block);
+                    (grads, values)
+                })
+                .collect();
+            for (grads, (e, g)) in partials {
+                add_grads(&mut out.grads, grads);
+                out.energies.extend(e);
+                out.input_grads.extend(g);
+            }
+        }
+        out
     }
 
     /// ∂L/∂θ for a loss L whose derivatives with respect to the recorded energies
@@ -87,26 +144,46 @@ pub trait FusedBackprop: GradField + Send + Sync {
         // order: the same bits on any number of threads
         let group = rayon::current_num_threads().max(1);
         let blocks: Vec<(&Self::Tape, usize)> = rec.chunks.iter().zip(offsets).collect();
-        let mut total: Vec<Option<Vec<f32>>> = Vec::new();
+        let mut total = Vec::new();
         for some in blocks.chunks(group) {
             let partials: Vec<_> = some.par_iter().copied().map(block_grads).collect();
             for p in partials {
-                if total.is_empty() {
-                    total = p;
-                    continue;
-                }
-                for (t, g) in total.iter_mut().zip(p) {
-                    *t = match (t.take(), g) {
-                        (Some(mut a), Some(g)) => {
-                            a.iter_mut().zip(g).for_each(|(a, b)| *a += b);
-                            Some(a)
-                        }
-                        (a, g) => a.or(g),
-                    };
-                }
+                add_grads(&mut total, p);
             }
         }
         total
+    }
+}
+
+/// ∂L/∂V and ∂L/∂∇ₓV of some rows (`None`: L does not depend on it).
+pub type Seeds = (Option<Vec<f32>>, Option<Vec<f32>>);
+
+/// What [`FusedBackprop::param_grads_streamed`] gives.
+#[derive(Default)]
+pub struct Streamed {
+    /// ∂L/∂θ in canonical order (`None` where L does not depend on a parameter).
+    pub grads: Vec<Option<Vec<f32>>>,
+    /// V of every row.
+    pub energies: Vec<f32>,
+    /// ∇ₓV of every row, row-major.
+    pub input_grads: Vec<f32>,
+}
+
+/// Adds the gradients `p` into `total` (taking them over when `total` is empty); `None` is
+/// no gradient.
+pub fn add_grads(total: &mut Vec<Option<Vec<f32>>>, p: Vec<Option<Vec<f32>>>) {
+    if total.is_empty() {
+        *total = p;
+        return;
+    }
+    for (t, g) in total.iter_mut().zip(p) {
+        *t = match (t.take(), g) {
+            (Some(mut a), Some(g)) => {
+                a.iter_mut().zip(g).for_each(|(a, b)| *a += b);
+                Some(a)
+            }
+            (a, g) => a.or(g),
+        };
     }
 }
 
@@ -134,13 +211,6 @@ pub trait RecordedBlock {
 /// [`FusedBackprop::param_grads`] needs; also the batch's energies and input gradients.
 pub struct Recording<T> {
     chunks: Vec<T>,
-}
-
-impl<T> Recording<T> {
-    /// The recorded blocks, in row order.
-    pub(super) fn into_blocks(self) -> Vec<T> {
-        self.chunks
-    }
 }
 
 impl<T: RecordedBlock> Recording<T> {

@@ -27,9 +27,7 @@ use std::cell::RefCell;
 use std::sync::Mutex;
 
 use super::conv::{ConvNet, Pool};
-use super::host_backprop::{
-    weights_and_biases, ChunkTape, FusedBackprop, RecordedBlock, Recording,
-};
+use super::host_backprop::{weights_and_biases, ChunkTape, FusedBackprop, RecordedBlock};
 use super::host_mlp::{activate, gemm_into, Dense};
 use super::host_ops::{to_channel_major, to_row_major, ConvGeom, Layout};
 use super::{Activation, HostMlp, Model};
@@ -417,11 +415,12 @@ impl FusedBackprop for HostConv {
         )
     }
 
-    /// Keeps the blocks' tapes (up to `MAX_SPARE_TAPES` = 16) for the next recordings.
-    fn recycle(&self, rec: Recording<ConvTape>) {
+    /// Keeps the block's tape (up to `MAX_SPARE_TAPES` = 16) for the next recordings.
+    fn recycle_block(&self, block: ConvTape) {
         if let Ok(mut pool) = SPARE_TAPES.lock() {
-            let room = MAX_SPARE_TAPES.saturating_sub(pool.len());
-            pool.extend(rec.into_blocks().into_iter().take(room));
+            if pool.len() < MAX_SPARE_TAPES {
+                pool.push(block);
+            }
         }
     }
 }

@@ -90,7 +90,7 @@ pub(super) fn dot(a: &[f32], b: &[f32]) -> f32 {
 /// eˣ in f32 by Cody–Waite range reduction and a degree-6 polynomial (≈1 ulp on
 /// [−87, 88]); plain arithmetic so that the compiler vectorises the loops that call it.
 #[inline(always)]
-fn fast_exp(x: f32) -> f32 {
+pub(super) fn fast_exp(x: f32) -> f32 {
     let x = x.clamp(-87.0, 88.0);
     let n = (x * std::f32::consts::LOG2_E).round();
     let r = x - n * 0.693_145_75 - n * 1.428_606_8e-6;

@@ -10,8 +10,8 @@
 
 use std::sync::Arc;
 
-use super::host_mlp::{activate, gemm_into};
-use super::host_ops::{to_channel_major, to_row_major, ConvGeom, Layout};
+use super::host_mlp::{activate, fast_exp, gemm_into};
+use super::host_ops::{lane_dot, lane_sum, to_channel_major, to_row_major, ConvGeom, Layout};
 use super::tape::NORM_EPS;
 use super::Activation;
 
@@ -424,13 +424,14 @@ impl HostTape {
         let mut y = self.buffers.take(x.len());
         let mut r = self.buffers.take(rows);
         for ((src, dst), r) in self.value(x).chunks(m).zip(y.chunks_mut(m)).zip(&mut r) {
-            let mean = src.iter().map(|&v| v as f64).sum::<f64>() / m as f64;
-            let var = src.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / m as f64;
-            let inv = 1.0 / (var + NORM_EPS).sqrt();
+            let mean = lane_sum(src) / m as f32;
             for (d, &v) in dst.iter_mut().zip(src) {
-                *d = ((v as f64 - mean) * inv) as f32;
+                *d = v - mean;
             }
-            *r = inv as f32;
+            let var = lane_dot(dst, dst) / m as f32;
+            let inv = (1.0 / (var as f64 + NORM_EPS).sqrt()) as f32;
+            dst.iter_mut().for_each(|d| *d *= inv);
+            *r = inv;
         }
         let op = Op::Standardize { x: x.id, r };
         self.push(y, x.dims, op)
@@ -485,12 +486,11 @@ impl HostTape {
         let mut y = self.buffers.take(x.len());
         for (src, dst) in self.value(x).chunks(width).zip(y.chunks_mut(width)) {
             let max = src.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-            let mut sum = 0.0f32;
             for (d, &v) in dst.iter_mut().zip(src) {
-                *d = (v - max).exp();
-                sum += *d;
+                *d = fast_exp(v - max);
             }
-            dst.iter_mut().for_each(|d| *d /= sum);
+            let inv = 1.0 / lane_sum(dst);
+            dst.iter_mut().for_each(|d| *d *= inv);
         }
         self.push(y, x.dims, Op::Softmax { x: x.id, width })
     }
@@ -711,14 +711,7 @@ fn standardize_jacobian(g: &[f32], xhat: &[f32], r: &[f32], out: &mut [f32]) {
         .zip(out.chunks_mut(m))
         .zip(r)
     {
-        let mean_g = gr.iter().map(|&v| v as f64).sum::<f64>() / m as f64;
-        let mean_gx = gr
-            .iter()
-            .zip(xr)
-            .map(|(&a, &b)| (a * b) as f64)
-            .sum::<f64>()
-            / m as f64;
-        let (mean_g, mean_gx) = (mean_g as f32, mean_gx as f32);
+        let (mean_g, mean_gx) = (lane_sum(gr) / m as f32, lane_dot(gr, xr) / m as f32);
         for ((o, &gv), &xv) in out.iter_mut().zip(gr).zip(xr) {
             *o = ri * (gv - mean_g - xv * mean_gx);
         }
@@ -733,7 +726,7 @@ fn softmax_jacobian(g: &[f32], y: &[f32], width: usize, out: &mut [f32]) {
         .zip(y.chunks(width))
         .zip(out.chunks_mut(width))
     {
-        let dot: f32 = gr.iter().zip(yr).map(|(a, b)| a * b).sum();
+        let dot = lane_dot(gr, yr);
         for ((o, &gv), &yv) in out.iter_mut().zip(gr).zip(yr) {
             *o = yv * (gv - dot);
         }

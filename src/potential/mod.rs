@@ -54,7 +54,9 @@ mod unet_vit;
 
 pub use activation::Activation;
 pub use conv::{ConvConfig, ConvNet, Head, Pool};
-pub use host_backprop::{Fused, FusedBackprop, RecordedBlock, Recording};
+pub use host_backprop::{
+    add_grads, Fused, FusedBackprop, RecordedBlock, Recording, Seeds, Streamed,
+};
 pub use host_conv::HostConv;
 pub use host_mlp::HostMlp;
 pub use mlp::{Mlp, MlpConfig};

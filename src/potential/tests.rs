@@ -284,6 +284,21 @@ fn check_fused_backprop<M: Model, N: FusedBackprop>(
             cc.map(|_| d_grad.as_slice()),
         );
         let case = format!("{label} energy {} grad {}", a.is_some(), cc.is_some());
+        // streamed blocks give the same bits, whatever the grouping
+        let seeds = |rows: std::ops::Range<usize>, _: &[f32], _: &[f32]| {
+            let de = a.map(|_| d_energy[rows.clone()].to_vec());
+            let dg = cc.map(|_| d_grad[rows.start * d..rows.end * d].to_vec());
+            (de, dg)
+        };
+        let streamed = host.param_grads_streamed(&x32, b, seeds);
+        assert_eq!(streamed.grads, fused, "{case}: streamed");
+        assert_eq!(streamed.input_grads, g_host, "{case}: streamed ∇V");
+        assert_eq!(streamed.energies, rec.energies(), "{case}: streamed V");
+        assert_close(
+            &rec.energies().iter().map(|&v| v as f64).collect::<Vec<_>>(),
+            &host.energies(&x32, b),
+            1e-6,
+        );
         assert_eq!(reference.len(), fused.len());
         for (k, (r, f)) in reference.into_iter().zip(fused).enumerate() {
             let r = r.map(to_f64_vec);

@@ -32,7 +32,7 @@ pub enum FlowWeighting {
 #[serde(rename_all = "snake_case")]
 pub enum Backprop {
     /// The hand-derived f32 host backward pass ([`crate::potential::FusedBackprop`]) where the
-    /// model has one (MLPs and conv nets at f32 precision); autodiff otherwise.
+    /// model has one (MLPs, conv nets and the UNet → ViT on the CPU at f32 precision); autodiff otherwise.
     Fused,
     /// burn's first-order autodiff over the explicit ∇ₓV (any model, any precision).
     Autodiff,

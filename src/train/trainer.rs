@@ -1,5 +1,7 @@
 //! The training loop state and one optimisation step.
 
+use std::ops::Range;
+
 use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
@@ -9,7 +11,7 @@ use super::optim::{ema_update, Adam, OptimConfig};
 use super::{Backprop, EnergyStats, FlowWeighting, TrainConfig};
 use crate::backend::{from_points, scalar, to_f64_vec, vector_f32, Precision};
 use crate::data::DataSource;
-use crate::potential::{Fused, FusedBackprop, Model};
+use crate::potential::{add_grads, Fused, FusedBackprop, Model};
 use crate::rng::{normal, stream, uniform, Purpose, Rng};
 use crate::sampler::GradField;
 use crate::schedule::Schedule;
@@ -356,30 +358,41 @@ impl<M: Model> Trainer<M> {
         contrast: Option<(Points, Points)>,
     ) -> Evaluation {
         let (b, d) = (xt.len(), xt.dim());
-        let rec = host.record(xt.as_slice(), b);
-        let g = rec.grads();
-        // L_flow = mean_b w_b mean_d (g + u)²  ⇒  ∂L/∂g = 2 w_b (g + u) / (B·D)
-        let mut flow = 0.0;
-        let mut d_grad = vec![0.0f32; b * d];
-        for i in 0..b {
-            let mut row = 0.0;
-            for k in 0..d {
-                let r = g[i * d + k] as f64 + u.row(i)[k] as f64;
-                row += r * r;
-                d_grad[i * d + k] = (flow_weight * 2.0 * w[i] * r / (b * d) as f64) as f32;
+        // L_flow = mean_b w_b mean_d (g + u)²  ⇒  ∂L/∂g = 2 w_b (g + u) / (B·D), row by row
+        let flow_seeds = |rows: Range<usize>, _: &[f32], g: &[f32]| {
+            let mut d_grad = vec![0.0f32; g.len()];
+            for (i, (gr, dr)) in rows.zip(g.chunks(d).zip(d_grad.chunks_mut(d))) {
+                for ((dv, &gv), &uv) in dr.iter_mut().zip(gr).zip(u.row(i)) {
+                    let r = gv as f64 + uv as f64;
+                    *dv = (flow_weight * 2.0 * w[i] * r / (b * d) as f64) as f32;
+                }
             }
+            (None, Some(d_grad))
+        };
+        let streamed = host.param_grads_streamed(xt.as_slice(), b, flow_seeds);
+        let mut grads = streamed.grads;
+        let mut flow = 0.0;
+        for (i, g) in streamed.input_grads.chunks(d).enumerate() {
+            let row: f64 = g
+                .iter()
+                .zip(u.row(i))
+                .map(|(&g, &u)| (g as f64 + u as f64).powi(2))
+                .sum();
             flow += w[i] * row / d as f64;
         }
         flow /= b as f64;
-        let mut grads = host.param_grads(&rec, None, Some(&d_grad));
-        host.recycle(rec);
         let mut cd = None;
         if let Some((pos, neg)) = contrast {
             let (np, nn) = (pos.len(), neg.len());
             let mut both = pos.as_slice().to_vec();
             both.extend_from_slice(neg.as_slice());
-            let rec = host.record(&both, np + nn);
-            let e: Vec<f64> = rec.energies().into_iter().map(f64::from).collect();
+            // the CD term's seeds need every energy (trim, clamp): a forward pass first, then
+            // the blocks streamed with fixed seeds
+            let e: Vec<f64> = host
+                .energies(&both, np + nn)
+                .into_iter()
+                .map(f64::from)
+                .collect();
             let term = CdTerm::new(&e[..np], &e[np..], &self.train);
             let scale = if term.clamped {
                 0.0
@@ -391,17 +404,10 @@ impl<M: Model> Trainer<M> {
             for &k in &term.kept {
                 d_energy[np + k] = (-scale / term.kept.len() as f64) as f32;
             }
-            let cd_grads = host.param_grads(&rec, Some(&d_energy), None);
-            host.recycle(rec);
-            for (acc, g) in grads.iter_mut().zip(cd_grads) {
-                *acc = match (acc.take(), g) {
-                    (Some(mut a), Some(g)) => {
-                        a.iter_mut().zip(g).for_each(|(x, y)| *x += y);
-                        Some(a)
-                    }
-                    (a, g) => a.or(g),
-                };
-            }
+            let cd_seeds =
+                |rows: Range<usize>, _: &[f32], _: &[f32]| (Some(d_energy[rows].to_vec()), None);
+            let cd_grads = host.param_grads_streamed(&both, np + nn, cd_seeds).grads;
+            add_grads(&mut grads, cd_grads);
             cd = Some(term);
         }
         let device = crate::backend::compute();

@@ -25,6 +25,7 @@ use super::{
     standardize_jacobian, to_channel_major, upsample, upsample_adjoint, Affine, ConvGeom, HostTape,
     HostVar, Layout, Op,
 };
+use crate::potential::host_ops::{lane_dot, lane_sum};
 
 /// The tangent of every recorded value (`None` where it does not depend on the input).
 pub(crate) struct Tangents(Vec<Option<Vec<f32>>>);
@@ -231,7 +232,7 @@ impl HostTape {
                 if let Some(yb) = yb {
                     let gb = param(grads, bias, &params);
                     for (c, gc) in yb.chunks(geom.plane_out()).enumerate() {
-                        gb[c % geom.c_out] += gc.iter().sum::<f32>();
+                        gb[c % geom.c_out] += lane_sum(gc);
                     }
                 }
                 let v = std::mem::take(&mut self.values[x]);
@@ -444,7 +445,11 @@ impl HostTape {
             geom.patch(),
             true,
         );
-        self.transpose_conv(geom, weight, g)
+        // x̄ = convᵀ(g) from the same channel-major g
+        let mut gx = self.buffers.take(geom.c_in * n * geom.plane_in());
+        let w = &self.params[weight];
+        geom.transpose_conv(w, cm, n, Layout::ImageMajor, cols, &mut gx);
+        gx
     }
 
     /// The reverse step of a batched product y = AB over (value, tangent): Ā = ȳBᵀ + ẏ̄Ḃᵀ,
@@ -564,9 +569,9 @@ fn reduce_product(g: &[f32], v: &[f32], dims: [usize; 4], p: Affine, acc: &mut [
                 }
             }
         } else if v.is_empty() {
-            acc[base] += gr.iter().sum::<f32>();
+            acc[base] += lane_sum(gr);
         } else {
-            acc[base] += gr.iter().zip(&v[row]).map(|(g, v)| g * v).sum::<f32>();
+            acc[base] += lane_dot(gr, &v[row]);
         }
     });
 }
@@ -576,12 +581,11 @@ fn reduce_product(g: &[f32], v: &[f32], dims: [usize; 4], p: Affine, acc: &mut [
 /// −(r⟨ẏ̄, ẏ⟩/m) x̂ − (r⟨ẏ̄, x̂⟩/m) ẏ − r·mean(x̂ ⊙ ẋ)·ẋ̄.
 fn standardize_curvature(rows: [&[f32]; 5], r: &[f32], acc: &mut [f32]) {
     let m = acc.len() / r.len();
-    let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(&a, &b)| (a * b) as f64).sum::<f64>();
     for (i, (&ri, out)) in r.iter().zip(acc.chunks_mut(m)).enumerate() {
         let [tb, xhat, ty, tx, xtb] = rows.map(|v| &v[i * m..][..m]);
-        let c_hat = (ri as f64 * dot(tb, ty) / m as f64) as f32;
-        let c_tan = (ri as f64 * dot(tb, xhat) / m as f64) as f32;
-        let c_bar = (ri as f64 * dot(xhat, tx) / m as f64) as f32;
+        let c_hat = ri * lane_dot(tb, ty) / m as f32;
+        let c_tan = ri * lane_dot(tb, xhat) / m as f32;
+        let c_bar = ri * lane_dot(xhat, tx) / m as f32;
         for (j, o) in out.iter_mut().enumerate() {
             *o -= c_hat * xhat[j] + c_tan * ty[j] + c_bar * xtb[j];
         }
@@ -597,8 +601,7 @@ fn softmax_curvature(tb: &[f32], tx: &[f32], y: &[f32], width: usize, acc: &mut 
         .zip(y.chunks(width))
         .zip(acc.chunks_mut(width))
     {
-        let s: f32 = y.iter().zip(tx).map(|(a, b)| a * b).sum();
-        let c: f32 = tb.iter().zip(y).map(|(a, b)| a * b).sum();
+        let (s, c) = (lane_dot(y, tx), lane_dot(tb, y));
         for ((o, &tbv), &txv) in out.iter_mut().zip(tb).zip(tx) {
             *o += tbv * (txv - s) - c * txv;
         }

@@ -17,7 +17,7 @@ use crate::potential::host_backprop::head_terms;
 use crate::potential::host_tape::{Affine, Buffers, HostParams, HostTape, HostVar};
 use crate::potential::tape::{Tape, Var};
 use crate::potential::{Activation, Potential};
-use crate::potential::{FusedBackprop, RecordedBlock, Recording};
+use crate::potential::{FusedBackprop, RecordedBlock};
 use crate::sampler::{GradField, Scratch};
 
 /// The ops of the UNet → ViT pass, with parameters named by their index in the network.
@@ -218,8 +218,8 @@ thread_local! {
 /// Buffers of recorded blocks whose training step is done, for the next step's blocks.
 static SPARE_BUFFERS: Mutex<Vec<Buffers>> = Mutex::new(Vec::new());
 
-/// Most buffer sets kept for reuse: a phase-2 step at batch 128 records 64 blocks at once.
-const MAX_SPARE_BUFFERS: usize = 64;
+/// Most buffer sets kept for reuse (training steps stream their blocks, a few at a time).
+const MAX_SPARE_BUFFERS: usize = 16;
 
 /// The f32 host form of a [`UNetVit`]: V and ∇ₓV on host-tape kernels (samplers, Langevin
 /// chains), and the parameter gradient of a training loss on them by reverse mode over
@@ -413,13 +413,10 @@ impl FusedBackprop for HostUNetVit {
         grads
     }
 
-    /// Keeps the blocks' buffers (up to `MAX_SPARE_BUFFERS`) for the next recordings.
-    fn recycle(&self, rec: Recording<UNetVitBlock>) {
+    /// Keeps the block's buffers (up to `MAX_SPARE_BUFFERS`) for the next recordings.
+    fn recycle_block(&self, block: UNetVitBlock) {
         if let Ok(mut pool) = SPARE_BUFFERS.lock() {
-            for block in rec.into_blocks() {
-                if pool.len() >= MAX_SPARE_BUFFERS {
-                    break;
-                }
+            if pool.len() < MAX_SPARE_BUFFERS {
                 let tape = block.tape.into_inner().unwrap_or_else(|e| e.into_inner());
                 pool.push(tape.into_buffers());
             }
