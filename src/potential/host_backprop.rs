@@ -31,8 +31,8 @@ use crate::sampler::{GradField, Scratch};
 pub trait FusedBackprop: GradField + Send + Sync {
     /// What the reverse sweep needs from one block.
     type Tape: RecordedBlock + Send + Sync;
-    /// Rows per block.
-    const BLOCK_ROWS: usize;
+    /// Rows per block (fixed for a network, whatever the thread count).
+    fn block_rows(&self) -> usize;
 
     /// The forward and input-gradient passes over the `n` rows of `x` (one block).
     fn record_block(&self, x: &[f32], n: usize) -> Self::Tape;
@@ -50,7 +50,7 @@ pub trait FusedBackprop: GradField + Send + Sync {
     fn record(&self, x: &[f32], n: usize) -> Recording<Self::Tape> {
         let d = self.dim();
         let chunks = x[..n * d]
-            .par_chunks(Self::BLOCK_ROWS * d)
+            .par_chunks(self.block_rows() * d)
             .map(|xc| self.record_block(xc, xc.len() / d))
             .collect();
         Recording { chunks }
@@ -73,7 +73,7 @@ pub trait FusedBackprop: GradField + Send + Sync {
     fn energies(&self, x: &[f32], n: usize) -> Vec<f32> {
         let d = self.dim();
         x[..n * d]
-            .par_chunks(Self::BLOCK_ROWS * d)
+            .par_chunks(self.block_rows() * d)
             .flat_map_iter(|xc| {
                 let rows = xc.len() / d;
                 let mut e = vec![0.0; rows];
@@ -93,13 +93,13 @@ pub trait FusedBackprop: GradField + Send + Sync {
         S: Fn(Range<usize>, &[f32], &[f32]) -> Seeds + Sync,
     {
         let d = self.dim();
-        let starts: Vec<usize> = (0..n).step_by(Self::BLOCK_ROWS).collect();
+        let starts: Vec<usize> = (0..n).step_by(self.block_rows()).collect();
         let mut out = Streamed::default();
         for some in starts.chunks(rayon::current_num_threads().max(1)) {
             let partials: Vec<_> = some
                 .par_iter()
                 .map(|&r0| {
-                    let rows = r0..(r0 + Self::BLOCK_ROWS).min(n);
+                    let rows = r0..(r0 + self.block_rows()).min(n);
                     let block = self.record_block(&x[r0 * d..rows.end * d], rows.len());
                     let (de, dg) = seeds(rows, block.energy(), block.grad());
                     let grads = self.block_param_grads(&block, de.as_deref(), dg.as_deref());
@@ -274,7 +274,9 @@ impl RecordedBlock for ChunkTape {
 
 impl FusedBackprop for HostMlp {
     type Tape = ChunkTape;
-    const BLOCK_ROWS: usize = 64;
+    fn block_rows(&self) -> usize {
+        64
+    }
 
     fn record_block(&self, x: &[f32], n: usize) -> ChunkTape {
         self.record_chunk(x, n)

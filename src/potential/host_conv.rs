@@ -393,7 +393,9 @@ impl HostConv {
 
 impl FusedBackprop for HostConv {
     type Tape = ConvTape;
-    const BLOCK_ROWS: usize = BLOCK_IMAGES;
+    fn block_rows(&self) -> usize {
+        BLOCK_IMAGES
+    }
 
     fn record_block(&self, x: &[f32], n: usize) -> ConvTape {
         let spare = SPARE_TAPES.lock().ok().and_then(|mut pool| pool.pop());

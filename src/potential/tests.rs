@@ -300,17 +300,26 @@ fn check_fused_backprop<M: Model, N: FusedBackprop>(
             1e-6,
         );
         assert_eq!(reference.len(), fused.len());
+        let reference: Vec<Option<Vec<f64>>> =
+            reference.into_iter().map(|r| r.map(to_f64_vec)).collect();
+        // f32 rounding is relative to the biggest gradients: a parameter whose own gradient
+        // nearly cancels (a bias before a norm) is held to 1e-5 of the largest one
+        let largest = reference
+            .iter()
+            .flatten()
+            .flatten()
+            .fold(0f64, |m, v| m.max(v.abs()));
         for (k, (r, f)) in reference.into_iter().zip(fused).enumerate() {
-            let r = r.map(to_f64_vec);
             match (r, f) {
                 (None, None) => {}
                 (Some(r), Some(f)) => {
                     assert_eq!(r.len(), f.len(), "{case}: param {k} size");
-                    let scale = r.iter().fold(1e-3f64, |m, v| m.max(v.abs()));
+                    let floor = 1e-3f64.max(0.05 * largest);
+                    let scale = r.iter().fold(floor, |m, v| m.max(v.abs()));
                     for (i, (rv, fv)) in r.iter().zip(&f).enumerate() {
                         assert!(
                             (rv - *fv as f64).abs() < 2e-4 * scale,
-                            "{case}: param {k}[{i}] {rv} vs {fv}"
+                            "{case}: param {k}[{i}] {rv} vs {fv} (largest {largest})"
                         );
                     }
                 }
@@ -703,10 +712,34 @@ fn fused_unet_vit_backprop_equals_autodiff_over_the_explicit_gradient() {
     for clamp in [None, Some(0.9)] {
         let m = small_unet_vit(clamp);
         let host = HostUNetVit::new(&m);
+        assert_eq!(host.block_rows(), 4);
         let label = format!("unet_vit clamp {clamp:?}");
         check_fused_backprop(&m, &host, 6, 45, &label);
         check_recording(&m, &host, 6, 46);
     }
+    // maps bigger than MNIST's go one image per block
+    let big_maps = UNetVitConfig {
+        image: crate::data::ImageShape {
+            channels: 1,
+            height: 32,
+            width: 32,
+        },
+        base_channels: 2,
+        channel_mult: vec![1, 1],
+        res_blocks: 1,
+        attention_resolutions: vec![],
+        head_channels: 2,
+        groups: 2,
+        patch: 8,
+        embed_dim: 4,
+        vit_layers: 1,
+        vit_heads: 1,
+        ff_mult: 1,
+    };
+    let m = randomized(big_maps.init(1.1, None, 3, &cpu(), P).unwrap());
+    let host = HostUNetVit::new(&m);
+    assert_eq!(host.block_rows(), 1);
+    check_fused_backprop(&m, &host, 3, 47, "unet_vit 32×32");
 }
 
 #[test]

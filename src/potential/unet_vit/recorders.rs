@@ -207,8 +207,13 @@ impl Recorder for HostRecorder {
     }
 }
 
-/// Images per host pass (bigger blocks make better gemm shapes on small maps).
+/// Images per host pass on maps of at most [`SMALL_MAP`] pixels (bigger blocks make better
+/// gemm shapes on small maps); one image per pass on bigger maps, whose gemms are big enough
+/// alone and whose training steps then spread over threads even at small batches.
 const HOST_BLOCK: usize = 4;
+
+/// The largest input map (pixels) that gets [`HOST_BLOCK`] images per pass.
+const SMALL_MAP: usize = 28 * 28;
 
 thread_local! {
     /// Work buffers of the passes run on this thread.
@@ -230,6 +235,8 @@ pub struct HostUNetVit {
     /// The architecture (its tensor parameters left out).
     net: UNetVit,
     params: HostParams,
+    /// Images per pass.
+    block: usize,
 }
 
 /// One block of images recorded for a training step: the tape of its pass, V and ∇ₓV.
@@ -278,9 +285,16 @@ impl HostUNetVit {
             shapes: net.shapes.clone(),
             params: Vec::new(),
         };
+        let s = net.config.image;
+        let block = if s.height * s.width <= SMALL_MAP {
+            HOST_BLOCK
+        } else {
+            1
+        };
         Self {
             net: skeleton,
             params: params.into(),
+            block,
         }
     }
 
@@ -323,8 +337,8 @@ impl HostUNetVit {
         (input, out, energy, g)
     }
 
-    /// V (when `energy` is given) and ∇ₓV (when `grad` is) of `n` rows, [`HOST_BLOCK`] images
-    /// per pass.
+    /// V (when `energy` is given) and ∇ₓV (when `grad` is) of `n` rows, `block` images per
+    /// pass.
     fn energy_grad(
         &self,
         x: &[f32],
@@ -333,8 +347,8 @@ impl HostUNetVit {
         mut grad: Option<&mut [f32]>,
     ) {
         let d = self.net.config.image.numel();
-        for start in (0..n).step_by(HOST_BLOCK) {
-            let rows = HOST_BLOCK.min(n - start);
+        for start in (0..n).step_by(self.block) {
+            let rows = self.block.min(n - start);
             let tape = HostTape::new(self.params.clone(), false, BUFFERS.take());
             let mut t = HostRecorder { tape };
             let xs = &x[start * d..(start + rows) * d];
@@ -352,7 +366,9 @@ impl HostUNetVit {
 
 impl FusedBackprop for HostUNetVit {
     type Tape = UNetVitBlock;
-    const BLOCK_ROWS: usize = HOST_BLOCK;
+    fn block_rows(&self) -> usize {
+        self.block
+    }
 
     fn record_block(&self, x: &[f32], n: usize) -> UNetVitBlock {
         let spare = SPARE_BUFFERS.lock().ok().and_then(|mut pool| pool.pop());
