@@ -22,8 +22,8 @@ use std::sync::Arc;
 
 use super::{
     broadcast_base, for_each_row, gemm_into, permute, softmax_jacobian, split,
-    standardize_jacobian, to_channel_major, upsample, upsample_adjoint, Affine, ConvGeom, HostTape,
-    HostVar, Layout, Op,
+    standardize_jacobian, to_channel_major, upsample, upsample_adjoint, Affine, Buffers, ConvGeom,
+    HostTape, HostVar, Layout, Op,
 };
 use crate::potential::host_ops::{lane_dot, lane_sum};
 
@@ -461,43 +461,23 @@ impl HostTape {
         t: &[Option<Vec<f32>>],
         (y_bar, y_tbar): (Option<&[f32]>, Option<&[f32]>),
     ) -> Adjoints {
-        let (va, vb) = (&self.values[a], &self.values[b]);
+        let (va, vb) = (&self.values[a][..], &self.values[b][..]);
         let (ta, tb) = (t[a].as_deref(), t[b].as_deref());
         let buffers = &mut self.buffers;
-        let mut left = |terms: [Option<(&[f32], &[f32])>; 2]| -> Option<Vec<f32>> {
-            // ∂A-shaped: g [n, m] · Fᵀ [m, k]
-            if terms.iter().all(Option::is_none) {
-                return None;
-            }
-            let mut out = buffers.zeros(bh * n * k);
-            for (g, f) in terms.into_iter().flatten() {
-                for i in 0..bh {
-                    let (gi, fi) = (&g[i * n * m..][..n * m], &f[i * k * m..][..k * m]);
-                    let o = &mut out[i * n * k..][..n * k];
-                    gemm_into(o, (gi, false), (fi, true), n, m, k, true);
-                }
-            }
-            Some(out)
+        // A-shaped [n, k]: g [n, m] · Fᵀ for F [k, m]
+        let mut left = |terms: [Option<(&[f32], &[f32])>; 2]| {
+            let terms = terms.map(|t| t.map(|(g, f)| ((g, false), (f, true))));
+            batched_sum(buffers, terms, bh, (n, m, k))
         };
-        let ab = left([y_bar.map(|g| (g, &vb[..])), y_tbar.zip(tb)]);
-        let atb = left([y_tbar.filter(|_| ta.is_some()).map(|g| (g, &vb[..])), None]);
-        let mut right = |terms: [Option<(&[f32], &[f32])>; 2]| -> Option<Vec<f32>> {
-            // ∂B-shaped: Fᵀ [k, n] · g [n, m]
-            if terms.iter().all(Option::is_none) {
-                return None;
-            }
-            let mut out = buffers.zeros(bh * k * m);
-            for (g, f) in terms.into_iter().flatten() {
-                for i in 0..bh {
-                    let (gi, fi) = (&g[i * n * m..][..n * m], &f[i * n * k..][..n * k]);
-                    let o = &mut out[i * k * m..][..k * m];
-                    gemm_into(o, (fi, true), (gi, false), k, n, m, true);
-                }
-            }
-            Some(out)
+        let ab = left([y_bar.zip(Some(vb)), y_tbar.zip(tb)]);
+        let atb = left([y_tbar.filter(|_| ta.is_some()).zip(Some(vb)), None]);
+        // B-shaped [k, m]: Fᵀ · g [n, m] for F [n, k]
+        let mut right = |terms: [Option<(&[f32], &[f32])>; 2]| {
+            let terms = terms.map(|t| t.map(|(g, f)| ((f, true), (g, false))));
+            batched_sum(buffers, terms, bh, (k, n, m))
         };
-        let bb = right([y_bar.map(|g| (g, &va[..])), y_tbar.zip(ta)]);
-        let btb = right([y_tbar.filter(|_| tb.is_some()).map(|g| (g, &va[..])), None]);
+        let bb = right([y_bar.zip(Some(va)), y_tbar.zip(ta)]);
+        let btb = right([y_tbar.filter(|_| tb.is_some()).zip(Some(va)), None]);
         vec![(a, ab, atb), (b, bb, btb)]
     }
 
@@ -540,6 +520,35 @@ impl HostTape {
         out.iter_mut().zip(v).for_each(|(o, v)| *o = s * v);
         out
     }
+}
+
+/// A (transposed when the flag says so) factor of a batched product.
+type Factor<'a> = (&'a [f32], bool);
+
+/// Σ over `terms` of the batched products lhs · rhs (`bh` matrices each, of shapes
+/// `[rows, inner]` and `[inner, cols]` after transposition) in a fresh buffer; `None` without
+/// terms.
+fn batched_sum(
+    buffers: &mut Buffers,
+    terms: [Option<(Factor<'_>, Factor<'_>)>; 2],
+    bh: usize,
+    (rows, inner, cols): (usize, usize, usize),
+) -> Option<Vec<f32>> {
+    if terms.iter().all(Option::is_none) {
+        return None;
+    }
+    let mut out = buffers.zeros(bh * rows * cols);
+    for ((l, lt), (r, rt)) in terms.into_iter().flatten() {
+        for i in 0..bh {
+            let (li, ri) = (
+                &l[i * rows * inner..][..rows * inner],
+                &r[i * inner * cols..][..inner * cols],
+            );
+            let o = &mut out[i * rows * cols..][..rows * cols];
+            gemm_into(o, (li, lt), (ri, rt), rows, inner, cols, true);
+        }
+    }
+    Some(out)
 }
 
 /// The gradient of parameter `index`, zeros when first reached.
