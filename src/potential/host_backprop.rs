@@ -14,20 +14,20 @@
 //! - down the forward chain: Z_l = H ⊙ a_l' + S_l, ∂W_l += h_lᵀ Z_l, ∂b_l = Σ Z_l,
 //!   H ← Z_l W_lᵀ.
 
+use std::ops::Range;
+
 use rayon::prelude::*;
 
 use super::host_mlp::{activate, dot, gemm_into};
 use super::HostMlp;
-use std::ops::Range;
-
 use crate::sampler::{GradField, Scratch};
 
 /// A network whose training-step gradients are derived by hand and run on f32 host buffers,
 /// one block of rows at a time: the forward and input-gradient passes are recorded per block
 /// ([`FusedBackprop::record`]), then reverse mode through both gives ∂L/∂θ for a loss
-/// L(V, ∇ₓV) ([`FusedBackprop::param_grads`]). Blocks have a fixed size (not per thread), so
-/// the summation order, and hence every bit of the result, does not depend on the thread
-/// count.
+/// L(V, ∇ₓV) ([`FusedBackprop::param_grads`]); training steps stream the blocks instead
+/// ([`FusedBackprop::param_grads_streamed`]). Blocks have a fixed size (not per thread), so the
+/// summation order, and hence every bit of the result, does not depend on the thread count.
 pub trait FusedBackprop: GradField + Send + Sync {
     /// What the reverse sweep needs from one block.
     type Tape: RecordedBlock + Send + Sync;
@@ -120,7 +120,8 @@ pub trait FusedBackprop: GradField + Send + Sync {
     /// ∂L/∂θ for a loss L whose derivatives with respect to the recorded energies
     /// (`d_energy`, one per row) and input gradients (`d_grad`, `len · dim`) are given; `None`
     /// means L does not depend on them. Flattened in the [`super::Model`] canonical order; a
-    /// bias is `None` when L does not depend on it (as autodiff reports it).
+    /// parameter is `None` when L does not depend on it (as autodiff reports it). Every block
+    /// is held at once; [`FusedBackprop::param_grads_streamed`] holds a few.
     fn param_grads(
         &self,
         rec: &Recording<Self::Tape>,

@@ -96,7 +96,8 @@ thread_local! {
 /// Tapes of finished training steps, reused by the next ones ([`FusedBackprop::recycle`]).
 static SPARE_TAPES: Mutex<Vec<ConvTape>> = Mutex::new(Vec::new());
 
-/// Most tapes kept for reuse: a phase-2 step at batch 128 records 8 blocks at once.
+/// Most tapes kept for reuse (training steps stream a few blocks at a time; a whole recording
+/// of a phase-2 step at batch 128 is 8 blocks).
 const MAX_SPARE_TAPES: usize = 16;
 
 impl RecordedBlock for ConvTape {
