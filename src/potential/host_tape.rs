@@ -486,9 +486,7 @@ impl HostTape {
         let mut y = self.buffers.take(x.len());
         for (src, dst) in self.value(x).chunks(width).zip(y.chunks_mut(width)) {
             let max = src.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-            for (d, &v) in dst.iter_mut().zip(src) {
-                *d = fast_exp(v - max);
-            }
+            exp_shifted(src, max, dst);
             let inv = 1.0 / lane_sum(dst);
             dst.iter_mut().for_each(|d| *d *= inv);
         }
@@ -715,6 +713,30 @@ fn standardize_jacobian(g: &[f32], xhat: &[f32], r: &[f32], out: &mut [f32]) {
         for ((o, &gv), &xv) in out.iter_mut().zip(gr).zip(xr) {
             *o = ri * (gv - mean_g - xv * mean_gx);
         }
+    }
+}
+
+/// dst = e^(src − max), elementwise; AVX2 code where the CPU has it (elsewhere the `round` in
+/// [`fast_exp`] is a libm call, which keeps the loop from vectorising).
+fn exp_shifted(src: &[f32], max: f32, dst: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU supports the features the function was compiled for.
+        return unsafe { exp_shifted_avx2(src, max, dst) };
+    }
+    exp_shifted_rows(src, max, dst)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn exp_shifted_avx2(src: &[f32], max: f32, dst: &mut [f32]) {
+    exp_shifted_rows(src, max, dst)
+}
+
+#[inline(always)]
+fn exp_shifted_rows(src: &[f32], max: f32, dst: &mut [f32]) {
+    for (d, &v) in dst.iter_mut().zip(src) {
+        *d = fast_exp(v - max);
     }
 }
 
