@@ -8,7 +8,7 @@
 //! `[B, 1, N, E]`, heads `[B, H, N, d]`. A reshape is free (the same buffer under new dims).
 //! Every op's value and input gradient equal the tensor tape's (tests at the end of this file).
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use super::host_mlp::{activate, fast_exp, gemm_into};
 use super::host_ops::{lane_dot, lane_sum, to_channel_major, to_row_major, ConvGeom, Layout};
@@ -36,7 +36,49 @@ impl HostVar {
 }
 
 /// The parameters a [`HostTape`] reads, by index (shared with the tapes of other blocks).
-pub(crate) type HostParams = Arc<[Vec<f32>]>;
+pub(crate) type HostParams = Arc<ParamStore>;
+
+/// The parameters of a network as f32 values (indexed like a slice), with the flipped
+/// kernels of its stride-1 convolutions made once when first needed.
+pub(crate) struct ParamStore {
+    values: Vec<Vec<f32>>,
+    flipped: Vec<OnceLock<Vec<f32>>>,
+}
+
+impl ParamStore {
+    /// A store of `values`, in canonical order.
+    pub fn new(values: Vec<Vec<f32>>) -> Self {
+        let flipped = values.iter().map(|_| OnceLock::new()).collect();
+        Self { values, flipped }
+    }
+
+    /// The kernel of convolution `geom` whose weight is parameter `weight`, flipped in space
+    /// and with its channel axes swapped: `[C_in, C_out·k²]`, the weight of the convolution
+    /// that is its transpose (for stride 1).
+    fn flipped(&self, weight: usize, geom: &ConvGeom) -> &[f32] {
+        self.flipped[weight].get_or_init(|| {
+            let (k, ci, co) = (geom.k, geom.c_in, geom.c_out);
+            let w = &self.values[weight];
+            let mut f = vec![0.0; w.len()];
+            for o in 0..co {
+                for i in 0..ci {
+                    for t in 0..k * k {
+                        f[(i * co + o) * k * k + t] = w[(o * ci + i) * k * k + (k * k - 1 - t)];
+                    }
+                }
+            }
+            f
+        })
+    }
+}
+
+impl std::ops::Deref for ParamStore {
+    type Target = [Vec<f32>];
+
+    fn deref(&self) -> &[Vec<f32>] {
+        &self.values
+    }
+}
 
 /// A parameter that broadcasts over a value: its index and the shape it broadcasts as.
 #[derive(Debug, Clone, Copy)]
@@ -524,9 +566,27 @@ impl HostTape {
     }
 
     /// convᵀ(g, W) for a row-major `g` of a convolution's outputs (any number of maps): a
-    /// fresh row-major buffer of input-sized maps.
+    /// fresh row-major buffer of input-sized maps. For stride 1 it is the convolution of g
+    /// with the flipped kernel (padding k − 1 − p), written once by the gemm; otherwise
+    /// col2im(Wᵀg).
     fn transpose_conv(&mut self, geom: &ConvGeom, weight: usize, g: &[f32]) -> Vec<f32> {
         let n = g.len() / (geom.c_out * geom.plane_out());
+        if geom.stride == 1 {
+            let (k, p) = (geom.k, geom.pad);
+            let flip = ConvGeom::new(
+                geom.c_out,
+                geom.c_in,
+                k,
+                1,
+                k - 1 - p,
+                geom.h_out,
+                geom.w_out,
+            );
+            debug_assert_eq!((flip.h_out, flip.w_out), (geom.h_in, geom.w_in));
+            let params = Arc::clone(&self.params);
+            let wf = params.flipped(weight, geom);
+            return self.conv_map(&flip, (wf, None), g, n);
+        }
         let [cols, cm] = &mut self.work;
         to_channel_major(g, n, geom.c_out, geom.plane_out(), cm);
         let mut gx = self.buffers.take(geom.c_in * n * geom.plane_in());

@@ -445,11 +445,7 @@ impl HostTape {
             geom.patch(),
             true,
         );
-        // x̄ = convᵀ(g) from the same channel-major g
-        let mut gx = self.buffers.take(geom.c_in * n * geom.plane_in());
-        let w = &self.params[weight];
-        geom.transpose_conv(w, cm, n, Layout::ImageMajor, cols, &mut gx);
-        gx
+        self.transpose_conv(geom, weight, g)
     }
 
     /// The reverse step of a batched product y = AB over (value, tangent): Ā = ȳBᵀ + ẏ̄Ḃᵀ,

@@ -7,14 +7,14 @@
 //! negatives) and for the parameter gradient of a training loss (reverse over forward mode).
 
 use std::cell::RefCell;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use burn::tensor::Device;
 
 use super::{Conv, Linear, Norm, UNetVit};
 use crate::backend::to_f64_vec;
 use crate::potential::host_backprop::head_terms;
-use crate::potential::host_tape::{Affine, Buffers, HostParams, HostTape, HostVar};
+use crate::potential::host_tape::{Affine, Buffers, HostParams, HostTape, HostVar, ParamStore};
 use crate::potential::tape::{Tape, Var};
 use crate::potential::{Activation, Potential};
 use crate::potential::{FusedBackprop, RecordedBlock};
@@ -293,7 +293,7 @@ impl HostUNetVit {
         };
         Self {
             net: skeleton,
-            params: params.into(),
+            params: Arc::new(ParamStore::new(params)),
             block,
         }
     }
