@@ -94,26 +94,21 @@ pub trait FusedBackprop: GradField + Send + Sync {
     {
         let d = self.dim();
         let starts: Vec<usize> = (0..n).step_by(self.block_rows()).collect();
+        let sweep = |&r0: &usize| {
+            let rows = r0..(r0 + self.block_rows()).min(n);
+            let block = self.record_block(&x[r0 * d..rows.end * d], rows.len());
+            let (de, dg) = seeds(rows, block.energy(), block.grad());
+            let grads = self.block_param_grads(&block, de.as_deref(), dg.as_deref());
+            let values = (block.energy().to_vec(), block.grad().to_vec());
+            self.recycle_block(block);
+            (grads, values)
+        };
         let mut out = Streamed::default();
-        for some in starts.chunks(rayon::current_num_threads().max(1)) {
-            let partials: Vec<_> = some
-                .par_iter()
-                .map(|&r0| {
-                    let rows = r0..(r0 + self.block_rows()).min(n);
-                    let block = self.record_block(&x[r0 * d..rows.end * d], rows.len());
-                    let (de, dg) = seeds(rows, block.energy(), block.grad());
-                    let grads = self.block_param_grads(&block, de.as_deref(), dg.as_deref());
-                    let values = (block.energy().to_vec(), block.grad().to_vec());
-                    self.recycle_block(block);
-                    (grads, values)
-                })
-                .collect();
-            for (grads, (e, g)) in partials {
-                add_grads(&mut out.grads, grads);
-                out.energies.extend(e);
-                out.input_grads.extend(g);
-            }
-        }
+        in_order_groups(&starts, sweep, |(grads, (e, g))| {
+            add_grads(&mut out.grads, grads);
+            out.energies.extend(e);
+            out.input_grads.extend(g);
+        });
         out
     }
 
@@ -135,24 +130,30 @@ pub trait FusedBackprop: GradField + Send + Sync {
             at += c.rows();
         }
         let d = self.dim();
-        let block_grads = |(c, r0): (&Self::Tape, usize)| {
+        let block_grads = |&(c, r0): &(&Self::Tape, usize)| {
             let rows = r0..r0 + c.rows();
             let de = d_energy.map(|e| &e[rows.clone()]);
             let dg = d_grad.map(|g| &g[rows.start * d..rows.end * d]);
             self.block_param_grads(c, de, dg)
         };
-        // blocks in parallel, a few at a time (each holds a whole gradient), summed in block
-        // order: the same bits on any number of threads
-        let group = rayon::current_num_threads().max(1);
         let blocks: Vec<(&Self::Tape, usize)> = rec.chunks.iter().zip(offsets).collect();
         let mut total = Vec::new();
-        for some in blocks.chunks(group) {
-            let partials: Vec<_> = some.par_iter().copied().map(block_grads).collect();
-            for p in partials {
-                add_grads(&mut total, p);
-            }
-        }
+        in_order_groups(&blocks, block_grads, |p| add_grads(&mut total, p));
         total
+    }
+}
+
+/// Runs `f` on every item, as many at once as there are threads (each result may hold a whole
+/// gradient), and hands the results to `sink` in item order: sums made there have the same
+/// bits on any number of threads.
+fn in_order_groups<I: Sync, R: Send>(
+    items: &[I],
+    f: impl Fn(&I) -> R + Sync,
+    mut sink: impl FnMut(R),
+) {
+    for group in items.chunks(rayon::current_num_threads().max(1)) {
+        let results: Vec<R> = group.par_iter().map(&f).collect();
+        results.into_iter().for_each(&mut sink);
     }
 }
 

@@ -189,6 +189,15 @@ impl Buffers {
         v
     }
 
+    /// a ⊙ b in a spare buffer.
+    fn product(&mut self, a: &[f32], b: &[f32]) -> Vec<f32> {
+        let mut out = self.take(a.len());
+        for ((o, a), b) in out.iter_mut().zip(a).zip(b) {
+            *o = a * b;
+        }
+        out
+    }
+
     fn give(&mut self, v: Vec<f32>) {
         if v.capacity() > 0 {
             self.spare.push(v);
@@ -267,8 +276,7 @@ impl HostTape {
 
     /// Records an input value (a leaf of the reverse sweep).
     pub fn input(&mut self, x: &[f32], dims: [usize; 4]) -> HostVar {
-        let mut v = self.buffers.take(x.len());
-        v.copy_from_slice(x);
+        let v = self.copy(x);
         self.push(v, dims, Op::Input)
     }
 
@@ -283,7 +291,8 @@ impl HostTape {
         let [n, c, h, w] = x.dims;
         let params = Arc::clone(&self.params);
         let geom = ConvGeom::new(c, params[bias].len(), k, stride, pad, h, w);
-        let y = self.conv_values(&geom, &params[weight], Some(&params[bias]), x.id, n);
+        let (w, b) = (&params[weight], Some(&params[bias][..]));
+        let y = self.with_value(x.id, |t, v| t.conv_map(&geom, (w, b), v, n));
         let dims = [n, geom.c_out, geom.h_out, geom.w_out];
         let op = Op::Conv {
             x: x.id,
@@ -326,19 +335,12 @@ impl HostTape {
         y
     }
 
-    /// [`Self::conv_map`] of the recorded value `x`.
-    fn conv_values(
-        &mut self,
-        geom: &ConvGeom,
-        weight: &[f32],
-        bias: Option<&[f32]>,
-        x: usize,
-        n: usize,
-    ) -> Vec<f32> {
+    /// `f(self, value of slot x)`: lends a recorded value to a `&mut self` kernel.
+    fn with_value<R>(&mut self, x: usize, f: impl FnOnce(&mut Self, &[f32]) -> R) -> R {
         let v = std::mem::take(&mut self.values[x]);
-        let y = self.conv_map(geom, (weight, bias), &v, n);
+        let r = f(self, &v);
         self.values[x] = v;
-        y
+        r
     }
 
     /// y = a(x) elementwise.
@@ -565,6 +567,20 @@ impl HostTape {
         g.unwrap_or_else(|| vec![0.0; wrt_len])
     }
 
+    /// A copy of `v` in a spare buffer.
+    fn copy(&mut self, v: &[f32]) -> Vec<f32> {
+        let mut out = self.buffers.take(v.len());
+        out.copy_from_slice(v);
+        out
+    }
+
+    /// s·v in a spare buffer.
+    fn scaled(&mut self, v: &[f32], s: f32) -> Vec<f32> {
+        let mut out = self.buffers.take(v.len());
+        out.iter_mut().zip(v).for_each(|(o, v)| *o = s * v);
+        out
+    }
+
     /// convᵀ(g, W) for a row-major `g` of a convolution's outputs (any number of maps): a
     /// fresh row-major buffer of input-sized maps. For stride 1 it is the convolution of g
     /// with the flipped kernel (padding k − 1 − p), written once by the gemm; otherwise
@@ -597,8 +613,7 @@ impl HostTape {
 
     /// g ⊙ γ (γ broadcast over a value of shape `dims`; a copy of g without γ).
     fn times_gamma(&mut self, g: &[f32], dims: [usize; 4], gamma: Option<Affine>) -> Vec<f32> {
-        let mut gx = self.buffers.take(g.len());
-        gx.copy_from_slice(g);
+        let mut gx = self.copy(g);
         if let Some(gamma) = gamma {
             let values = &self.params[gamma.index];
             for_each_row(dims, |row, p_row| {
@@ -618,25 +633,9 @@ impl HostTape {
                 let gx = self.transpose_conv(&geom, weight, g);
                 vec![(x, gx)]
             }
-            Op::Act { x, deriv, .. } => {
-                let mut gx = self.buffers.take(g.len());
-                for ((o, g), d) in gx.iter_mut().zip(g).zip(deriv) {
-                    *o = g * d;
-                }
-                vec![(*x, gx)]
-            }
-            &Op::Add(a, b) => {
-                let mut ga = self.buffers.take(g.len());
-                ga.copy_from_slice(g);
-                let mut gb = self.buffers.take(g.len());
-                gb.copy_from_slice(g);
-                vec![(a, ga), (b, gb)]
-            }
-            &Op::Scale { x, s } => {
-                let mut gx = self.buffers.take(g.len());
-                gx.iter_mut().zip(g).for_each(|(o, g)| *o = s * g);
-                vec![(x, gx)]
-            }
+            Op::Act { x, deriv, .. } => vec![(*x, self.buffers.product(g, deriv))],
+            &Op::Add(a, b) => vec![(a, self.copy(g)), (b, self.copy(g))],
+            &Op::Scale { x, s } => vec![(x, self.scaled(g, s))],
             &Op::ScaleShift { x, dims, gamma, .. } => {
                 let gx = self.times_gamma(g, dims, gamma);
                 vec![(x, gx)]

@@ -76,14 +76,7 @@ impl HostTape {
                 let n = tx.len() / (geom.c_in * geom.plane_in());
                 Some(self.conv_map(&geom, (&params[weight], None), tx, n))
             }
-            Op::Act { x, deriv, .. } => {
-                let tx = unary(*x)?;
-                let mut y = self.buffers.take(len);
-                for ((y, a), d) in y.iter_mut().zip(tx).zip(deriv) {
-                    *y = a * d;
-                }
-                Some(y)
-            }
+            Op::Act { x, deriv, .. } => Some(self.buffers.product(unary(*x)?, deriv)),
             &Op::Add(a, b) => match (unary(a), unary(b)) {
                 (None, None) => None,
                 (Some(v), None) | (None, Some(v)) => Some(self.copy(v)),
@@ -235,9 +228,8 @@ impl HostTape {
                         gb[c % geom.c_out] += lane_sum(gc);
                     }
                 }
-                let v = std::mem::take(&mut self.values[x]);
-                let xb = yb.map(|g| self.conv_adjoint(&geom, weight, g, &v, grads));
-                self.values[x] = v;
+                let xb = yb
+                    .map(|g| self.with_value(x, |t, v| t.conv_adjoint(&geom, weight, g, v, grads)));
                 let xtb = tb
                     .zip(t[x].as_deref())
                     .map(|(g, tx)| self.conv_adjoint(&geom, weight, g, tx, grads));
@@ -262,13 +254,7 @@ impl HostTape {
                         Some(g)
                     }
                 };
-                let xtb = tb.map(|tb| {
-                    let mut g = self.buffers.take(tb.len());
-                    for ((g, tb), d) in g.iter_mut().zip(tb).zip(deriv) {
-                        *g = tb * d;
-                    }
-                    g
-                });
+                let xtb = tb.map(|tb| self.buffers.product(tb, deriv));
                 vec![(*x, xb, xtb)]
             }
             &Op::Add(a, b) => vec![
@@ -343,18 +329,15 @@ impl HostTape {
             Op::Standardize { x, r, .. } => {
                 let x = *x;
                 let xhat = &self.values[id];
-                let jacobian =
-                    |g: &[f32], out: &mut Vec<f32>| standardize_jacobian(g, xhat, r, out);
-                let mut xb = yb.map(|g| {
-                    let mut out = self.buffers.take(g.len());
-                    jacobian(g, &mut out);
-                    out
-                });
-                let xtb = tb.map(|g| {
-                    let mut out = self.buffers.take(g.len());
-                    jacobian(g, &mut out);
-                    out
-                });
+                let buffers = &mut self.buffers;
+                let mut jacobian = |g: Option<&[f32]>| {
+                    g.map(|g| {
+                        let mut out = buffers.take(g.len());
+                        standardize_jacobian(g, xhat, r, &mut out);
+                        out
+                    })
+                };
+                let (mut xb, xtb) = (jacobian(yb), jacobian(tb));
                 if let (Some(tb), Some(xtb)) = (tb, &xtb) {
                     let (tx, ty) = (t[x].as_deref(), t[id].as_deref());
                     let (tx, ty) = (tx.expect("a tangent"), ty.expect("a tangent"));
@@ -495,26 +478,12 @@ impl HostTape {
         }
     }
 
-    /// A copy of `v` in a spare buffer.
-    fn copy(&mut self, v: &[f32]) -> Vec<f32> {
-        let mut out = self.buffers.take(v.len());
-        out.copy_from_slice(v);
-        out
-    }
-
     /// A copy of `v` in a spare buffer, or `len` zeros without it.
     fn copy_or_zeros(&mut self, v: Option<&[f32]>, len: usize) -> Vec<f32> {
         match v {
             Some(v) => self.copy(v),
             None => self.buffers.zeros(len),
         }
-    }
-
-    /// s·v in a spare buffer.
-    fn scaled(&mut self, v: &[f32], s: f32) -> Vec<f32> {
-        let mut out = self.buffers.take(v.len());
-        out.iter_mut().zip(v).for_each(|(o, v)| *o = s * v);
-        out
     }
 }
 
