@@ -29,7 +29,7 @@ use std::sync::Mutex;
 use super::conv::{ConvNet, Pool};
 use super::host_backprop::{weights_and_biases, ChunkTape, FusedBackprop, RecordedBlock};
 use super::host_mlp::{activate, gemm_into, Dense};
-use super::host_ops::{to_channel_major, to_row_major, ConvGeom, Layout};
+use super::host_ops::{to_channel_major, to_row_major, ConvGeom};
 use super::{Activation, HostMlp, Model};
 use crate::backend::to_f64_vec;
 use crate::sampler::{GradField, Scratch};
@@ -204,9 +204,7 @@ impl HostConv {
         let [h, next] = &mut ws.maps;
         for (l, layer) in self.layers.iter().enumerate() {
             let m = n * layer.geom.plane_out();
-            layer
-                .geom
-                .im2col(h, n, Layout::ChannelMajor, &mut t.cols[l]);
+            layer.geom.im2col(h, n, &mut t.cols[l]);
             layer.geom.forward(&layer.w, &layer.b, &t.cols[l], n, next);
             let d1 = &mut t.d1[l];
             d1.resize(next.len(), 0.0);
@@ -237,8 +235,8 @@ impl HostConv {
                     .zip(h.iter())
                     .for_each(|(e, g)| *e *= g);
             }
-            let (geom, cm) = (&layer.geom, Layout::ChannelMajor);
-            geom.transpose_conv(&layer.w, delta, n, cm, &mut ws.work, next);
+            let geom = &layer.geom;
+            geom.transpose_conv(&layer.w, delta, n, &mut ws.work, next);
             std::mem::swap(h, next);
         }
         to_row_major(h, n, self.channels_in(), plane, &mut t.grad);
@@ -331,7 +329,7 @@ impl HostConv {
             to_channel_major(dg, n, self.channels_in(), plane, gamma);
             for (l, layer) in self.layers.iter().enumerate() {
                 let (c_out, m) = (layer.geom.c_out, n * layer.geom.plane_out());
-                layer.geom.im2col(gamma, n, Layout::ChannelMajor, work);
+                layer.geom.im2col(gamma, n, work);
                 let patch = layer.geom.patch();
                 gemm_into(
                     &mut grads[2 * l],
@@ -383,8 +381,7 @@ impl HostConv {
                 *gb += row.iter().sum::<f32>();
             }
             if l > 0 {
-                let (geom, cm) = (&layer.geom, Layout::ChannelMajor);
-                geom.transpose_conv(&layer.w, z, n, cm, work, up);
+                layer.geom.transpose_conv(&layer.w, z, n, work, up);
                 std::mem::swap(h_bar, up);
             }
         }

@@ -1,34 +1,14 @@
 //! A convolution's geometry ([`ConvGeom`], also that of the tensor [`super::ConvNet`]) and the
 //! kernels on f32 host buffers shared by [`super::HostConv`] and [`super::host_tape::HostTape`]:
-//! im2col, its adjoint col2im, and the transposed convolution col2im(Wᵀ·g) that is a
-//! convolution's input gradient; plus the two map layouts they read.
+//! im2col, its adjoint col2im, the transposed convolution col2im(Wᵀ·g) that is a
+//! convolution's input gradient, and one image's convolution.
 //!
-//! A block of n maps of C channels is stored either channel-major, `[C, n, H, W]` (the layout
-//! of [`super::HostConv`], one gemm per layer over the block), or image-major, `[n, C, H, W]`
-//! (NCHW, the layout of the tensor networks). The patch matrix is always
-//! `[C_in·k², n·H_out·W_out]`, so `W · cols` is the channel-major output.
+//! A block of n maps of C channels is stored channel-major, `[C, n, H, W]` (the layout of
+//! [`super::HostConv`], one gemm per layer over the block); the patch matrix is
+//! `[C_in·k², n·H_out·W_out]`, so `W · cols` is the channel-major output. One image
+//! (`[C, H, W]`, the NCHW rows of the tensor networks) is the block with n = 1.
 
 use super::host_mlp::gemm_into;
-
-/// How a block of maps is laid out.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Layout {
-    /// `[C, n, H, W]`.
-    ChannelMajor,
-    /// `[n, C, H, W]`.
-    ImageMajor,
-}
-
-impl Layout {
-    /// Offset of map (channel `ci` of image `b`) in a block of `n` images of `c` channels of
-    /// `plane` values.
-    fn offset(self, ci: usize, b: usize, n: usize, c: usize, plane: usize) -> usize {
-        match self {
-            Layout::ChannelMajor => (ci * n + b) * plane,
-            Layout::ImageMajor => (b * c + ci) * plane,
-        }
-    }
-}
 
 /// The geometry of a 2-D convolution with a square k×k kernel, zero padding `pad` on every
 /// side and stride `stride`.
@@ -105,29 +85,48 @@ impl ConvGeom {
         (lo, hi.max(lo))
     }
 
-    /// cols(h): the patch matrix `[C_in·k², n·H_out·W_out]` of a block `h` of `n` maps.
-    pub fn im2col(&self, h: &[f32], n: usize, layout: Layout, cols: &mut Vec<f32>) {
+    /// cols(h): the patch matrix `[C_in·k², n·H_out·W_out]` of a channel-major block `h` of
+    /// `n` maps.
+    pub fn im2col(&self, h: &[f32], n: usize, cols: &mut Vec<f32>) {
+        // every entry is written below: a reused buffer needs no clearing
+        cols.resize(self.patch() * n * self.plane_out(), 0.0);
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports the features the function was compiled for.
+            return unsafe { self.im2col_avx2(h, n, cols) };
+        }
+        self.fill_patches(h, n, cols)
+    }
+
+    /// [`Self::fill_patches`] in AVX2 code (32-byte moves for the row copies).
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn im2col_avx2(&self, h: &[f32], n: usize, cols: &mut [f32]) {
+        self.fill_patches(h, n, cols)
+    }
+
+    /// Writes every entry of the patch matrix `cols` of [`Self::im2col`].
+    #[inline(always)]
+    fn fill_patches(&self, h: &[f32], n: usize, cols: &mut [f32]) {
         let (k, p, s) = (self.k, self.pad, self.stride);
         let (pi, po) = (self.plane_in(), self.plane_out());
-        // every entry is written below: a reused buffer needs no clearing
-        cols.resize(self.patch() * n * po, 0.0);
         for (r, row) in cols.chunks_mut(n * po).enumerate() {
             let (ci, kh, kw) = (r / (k * k), (r / k) % k, r % k);
             let (y_lo, y_hi) = self.valid(kh, self.h_in, self.h_out);
             let (x_lo, x_hi) = self.valid(kw, self.w_in, self.w_out);
             for (b, dst) in row.chunks_mut(po).enumerate() {
-                let src = &h[layout.offset(ci, b, n, self.c_in, pi)..][..pi];
+                let src = &h[(ci * n + b) * pi..][..pi];
                 for (yo, drow) in dst.chunks_mut(self.w_out).enumerate() {
                     if !(y_lo..y_hi).contains(&yo) {
-                        drow.fill(0.0);
+                        zero_run(drow);
                         continue;
                     }
                     let srow = &src[(yo * s + kh - p) * self.w_in..][..self.w_in];
-                    drow[..x_lo].fill(0.0);
-                    drow[x_hi..].fill(0.0);
-                    if s == 1 {
-                        // a contiguous run (a memcpy)
-                        drow[x_lo..x_hi].copy_from_slice(&srow[x_lo + kw - p..x_hi + kw - p]);
+                    zero_run(&mut drow[..x_lo]);
+                    zero_run(&mut drow[x_hi..]);
+                    // (an empty range: no input column under this kernel offset)
+                    if s == 1 && x_lo < x_hi {
+                        copy_run(&mut drow[x_lo..x_hi], &srow[x_lo + kw - p..]);
                     } else {
                         for xo in x_lo..x_hi {
                             drow[xo] = srow[xo * s + kw - p];
@@ -138,23 +137,22 @@ impl ConvGeom {
         }
     }
 
-    /// The adjoint of [`Self::im2col`]: sums patch-matrix entries back onto a block `out` of
-    /// `n` input-sized maps.
-    pub fn col2im(&self, cols: &[f32], n: usize, layout: Layout, out: &mut Vec<f32>) {
+    /// The adjoint of [`Self::im2col`]: sums patch-matrix entries back onto a channel-major
+    /// block `out` of `n` input-sized maps (overwritten).
+    pub fn col2im(&self, cols: &[f32], n: usize, out: &mut [f32]) {
         let (k, p, s) = (self.k, self.pad, self.stride);
         let (pi, po) = (self.plane_in(), self.plane_out());
-        out.clear();
-        out.resize(self.c_in * n * pi, 0.0);
+        out[..self.c_in * n * pi].fill(0.0);
         for (r, row) in cols.chunks(n * po).take(self.patch()).enumerate() {
             let (ci, kh, kw) = (r / (k * k), (r / k) % k, r % k);
             let (y_lo, y_hi) = self.valid(kh, self.h_in, self.h_out);
             let (x_lo, x_hi) = self.valid(kw, self.w_in, self.w_out);
             for (b, src) in row.chunks(po).enumerate() {
-                let dst = &mut out[layout.offset(ci, b, n, self.c_in, pi)..][..pi];
+                let dst = &mut out[(ci * n + b) * pi..][..pi];
                 for yo in y_lo..y_hi {
                     let drow = &mut dst[(yo * s + kh - p) * self.w_in..][..self.w_in];
                     let srow = &src[yo * self.w_out..][..self.w_out];
-                    if s == 1 {
+                    if s == 1 && x_lo < x_hi {
                         let dst = &mut drow[x_lo + kw - p..x_hi + kw - p];
                         dst.iter_mut()
                             .zip(&srow[x_lo..x_hi])
@@ -170,13 +168,12 @@ impl ConvGeom {
     }
 
     /// convᵀ(g, W) = col2im(Wᵀ g) for a channel-major `g: [C_out, n, H_out, W_out]` and the
-    /// kernel `w: [C_out, C_in·k²]`, into `out` (laid out as `layout`).
+    /// kernel `w: [C_out, C_in·k²]`, into the channel-major `out`.
     pub fn transpose_conv(
         &self,
         w: &[f32],
         g: &[f32],
         n: usize,
-        layout: Layout,
         work: &mut Vec<f32>,
         out: &mut Vec<f32>,
     ) {
@@ -192,7 +189,69 @@ impl ConvGeom {
             m,
             false,
         );
-        self.col2im(work, n, layout, out);
+        out.resize(self.c_in * n * self.plane_in(), 0.0);
+        self.col2im(work, n, out);
+    }
+
+    /// A 1×1 convolution without padding or stride, whose patch matrix is its input.
+    fn is_pointwise(&self) -> bool {
+        self.k == 1 && self.stride == 1 && self.pad == 0
+    }
+
+    /// The patch matrix `[C_in·k², H_out·W_out]` of one image `x: [C_in, H_in, W_in]`: `x`
+    /// itself for a pointwise convolution, else im2col into `cols`.
+    pub fn image_patches<'a>(&self, x: &'a [f32], cols: &'a mut Vec<f32>) -> &'a [f32] {
+        if self.is_pointwise() {
+            return x;
+        }
+        self.im2col(x, 1, cols);
+        cols
+    }
+
+    /// One image's convolution, `out = W · patches(x) (+ b)`: `[C_out, H_out·W_out]` from
+    /// `x: [C_in, H_in, W_in]` and the kernel `w: [C_out, C_in·k²]`.
+    pub fn conv_image(
+        &self,
+        (w, bias): (&[f32], Option<&[f32]>),
+        x: &[f32],
+        cols: &mut Vec<f32>,
+        out: &mut [f32],
+    ) {
+        let po = self.plane_out();
+        if let Some(bias) = bias {
+            for (row, &b) in out.chunks_exact_mut(po).zip(bias) {
+                row.fill(b);
+            }
+        }
+        let patches = self.image_patches(x, cols);
+        let (c_out, patch) = (self.c_out, self.patch());
+        gemm_into(
+            out,
+            (w, false),
+            (patches, false),
+            c_out,
+            patch,
+            po,
+            bias.is_some(),
+        );
+    }
+
+    /// One image's transposed convolution by col2im, `out = col2im(Wᵀ g)`: `[C_in, H_in, W_in]`
+    /// from `g: [C_out, H_out·W_out]`.
+    pub fn transpose_conv_image(&self, w: &[f32], g: &[f32], work: &mut Vec<f32>, out: &mut [f32]) {
+        let po = self.plane_out();
+        // overwritten by the product
+        work.resize(self.patch() * po, 0.0);
+        gemm_into(
+            work,
+            (w, true),
+            (g, false),
+            self.patch(),
+            self.c_out,
+            po,
+            false,
+        );
+        self.col2im(work, 1, out);
     }
 
     /// z = W · cols + b (channel-major `[C_out, n·H_out·W_out]`) into `out`, from the patch
@@ -237,6 +296,54 @@ pub(super) fn to_row_major(h: &[f32], n: usize, c: usize, p: usize, out: &mut Ve
     }
 }
 
+/// dst = src for a short run (a map row), inline with overlapping moves — a `memcpy` call per
+/// row costs more than the row.
+#[inline(always)]
+fn copy_run(dst: &mut [f32], src: &[f32]) {
+    let n = dst.len();
+    let src = &src[..n];
+    match n {
+        0 => {}
+        // the indices 0, n/2 and n − 1 cover every value of a run of 1 to 3
+        1..=3 => [0, n / 2, n - 1].into_iter().for_each(|i| dst[i] = src[i]),
+        4..=7 => {
+            dst[..4].copy_from_slice(&src[..4]);
+            dst[n - 4..].copy_from_slice(&src[n - 4..]);
+        }
+        _ => {
+            let mut i = 0;
+            while i + 8 < n {
+                dst[i..i + 8].copy_from_slice(&src[i..i + 8]);
+                i += 8;
+            }
+            dst[n - 8..].copy_from_slice(&src[n - 8..]);
+        }
+    }
+}
+
+/// dst = 0 for a short run (a map row or its padding edge), inline like [`copy_run`].
+#[inline(always)]
+fn zero_run(dst: &mut [f32]) {
+    const ZEROS: [f32; 8] = [0.0; 8];
+    let n = dst.len();
+    match n {
+        0 => {}
+        1..=3 => [0, n / 2, n - 1].into_iter().for_each(|i| dst[i] = 0.0),
+        4..=7 => {
+            dst[..4].copy_from_slice(&ZEROS[..4]);
+            dst[n - 4..].copy_from_slice(&ZEROS[..4]);
+        }
+        _ => {
+            let mut i = 0;
+            while i + 8 < n {
+                dst[i..i + 8].copy_from_slice(&ZEROS);
+                i += 8;
+            }
+            dst[n - 8..].copy_from_slice(&ZEROS);
+        }
+    }
+}
+
 /// Lanes of the vectorisable sums below.
 const LANES: usize = 16;
 
@@ -269,4 +376,142 @@ pub(super) fn lane_dot(a: &[f32], b: &[f32]) -> f32 {
         }
     }
     acc.iter().sum::<f32>() + tail
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Deterministic, distinct, non-zero values.
+    fn values(n: usize, salt: usize) -> Vec<f32> {
+        (0..n)
+            .map(|i| (((i * 7919 + salt * 104_729) % 2003) as f32 - 1001.0) / 997.0)
+            .collect()
+    }
+
+    /// The entry of the patch matrix at row (ci, kh, kw), image b and output (yo, xo), by
+    /// the definition: the input at (yo·s + kh − p, xo·s + kw − p), zero outside the map.
+    fn patch_entry(
+        g: &ConvGeom,
+        h: &[f32],
+        n: usize,
+        row: usize,
+        b: usize,
+        yo: usize,
+        xo: usize,
+    ) -> f32 {
+        let (ci, kh, kw) = (row / (g.k * g.k), (row / g.k) % g.k, row % g.k);
+        let y = (yo * g.stride + kh) as isize - g.pad as isize;
+        let x = (xo * g.stride + kw) as isize - g.pad as isize;
+        if y < 0 || x < 0 || y >= g.h_in as isize || x >= g.w_in as isize {
+            return 0.0;
+        }
+        h[(ci * n + b) * g.plane_in() + y as usize * g.w_in + x as usize]
+    }
+
+    fn geometries() -> Vec<ConvGeom> {
+        let mut all = Vec::new();
+        // widths 1..=19 cover every branch of the inline row copies (runs of 1–3, 4–7, ≥ 8)
+        for w in 1..=19 {
+            for (k, stride, pad) in [
+                (3, 1, 1),
+                (3, 2, 1),
+                (1, 1, 0),
+                (4, 4, 0),
+                (3, 1, 2),
+                (5, 1, 2),
+            ] {
+                let h = 3 + w % 4;
+                if w + 2 * pad >= k && h + 2 * pad >= k {
+                    all.push(ConvGeom::new(2, 3, k, stride, pad, h, w));
+                }
+            }
+        }
+        all
+    }
+
+    #[test]
+    fn im2col_writes_every_patch_entry_by_the_definition_over_a_dirty_buffer() {
+        for g in geometries() {
+            let n = 2;
+            let h = values(g.c_in * n * g.plane_in(), g.w_in);
+            // a reused buffer full of garbage: every entry must be overwritten
+            let mut cols = vec![f32::NAN; g.patch() * n * g.plane_out() + 5];
+            cols.truncate(0);
+            cols.resize(g.patch() * n * g.plane_out(), f32::NAN);
+            g.im2col(&h, n, &mut cols);
+            let po = g.plane_out();
+            for row in 0..g.patch() {
+                for b in 0..n {
+                    for yo in 0..g.h_out {
+                        for xo in 0..g.w_out {
+                            let got = cols[(row * n + b) * po + yo * g.w_out + xo];
+                            let want = patch_entry(&g, &h, n, row, b, yo, xo);
+                            assert_eq!(
+                                got.to_bits(),
+                                want.to_bits(),
+                                "{g:?} row {row} b {b} ({yo}, {xo})"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn col2im_is_the_adjoint_of_im2col() {
+        for g in geometries() {
+            let n = 2;
+            let h = values(g.c_in * n * g.plane_in(), 1);
+            let c = values(g.patch() * n * g.plane_out(), 2);
+            let mut cols = Vec::new();
+            g.im2col(&h, n, &mut cols);
+            let mut back = vec![f32::NAN; h.len()];
+            g.col2im(&c, n, &mut back);
+            let lhs: f64 = cols
+                .iter()
+                .zip(&c)
+                .map(|(a, b)| f64::from(*a) * f64::from(*b))
+                .sum();
+            let rhs: f64 = h
+                .iter()
+                .zip(&back)
+                .map(|(a, b)| f64::from(*a) * f64::from(*b))
+                .sum();
+            assert!(
+                (lhs - rhs).abs() <= 1e-4 * lhs.abs().max(1.0),
+                "{g:?}: {lhs} vs {rhs}"
+            );
+        }
+    }
+
+    #[test]
+    fn one_image_convolution_equals_the_block_convolution() {
+        for g in geometries() {
+            let n = 3;
+            let x_rows = values(n * g.c_in * g.plane_in(), 3);
+            let (w, bias) = (values(g.c_out * g.patch(), 4), values(g.c_out, 5));
+            // block form: channel-major input, one gemm
+            let mut cm = Vec::new();
+            to_channel_major(&x_rows, n, g.c_in, g.plane_in(), &mut cm);
+            let (mut cols, mut block) = (Vec::new(), Vec::new());
+            g.im2col(&cm, n, &mut cols);
+            g.forward(&w, &bias, &cols, n, &mut block);
+            let mut want = Vec::new();
+            to_row_major(&block, n, g.c_out, g.plane_out(), &mut want);
+            // image form, into a dirty buffer
+            let len_out = g.c_out * g.plane_out();
+            let mut got = vec![f32::NAN; n * len_out];
+            for (x, out) in x_rows
+                .chunks(g.c_in * g.plane_in())
+                .zip(got.chunks_mut(len_out))
+            {
+                g.conv_image((&w, Some(&bias)), x, &mut cols, out);
+            }
+            for (a, b) in got.iter().zip(&want) {
+                assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "{g:?}: {a} vs {b}");
+            }
+        }
+    }
 }

@@ -1,7 +1,7 @@
 //! [`HostTape`]: the host twin of [`super::tape::Tape`] — a recorded forward pass on f32
 //! buffers whose reverse sweep gives the input gradient of a scalar. Samplers and Langevin
 //! chains only need ∇ₓV (no parameter gradient of it), so the UNet → ViT potential runs there
-//! on these fused kernels: im2col + one `gemm` per convolution over the whole block,
+//! on these fused kernels: im2col + one `gemm` per convolution and image,
 //! single-pass norms and activations, and buffers reused from call to call.
 //!
 //! Values are rank-4 and row-major like the tensor tape's: images `[B, C, H, W]`, tokens
@@ -11,7 +11,7 @@
 use std::sync::{Arc, OnceLock};
 
 use super::host_mlp::{activate, fast_exp, gemm_into};
-use super::host_ops::{lane_dot, lane_sum, to_channel_major, to_row_major, ConvGeom, Layout};
+use super::host_ops::{lane_dot, lane_sum, ConvGeom};
 use super::tape::NORM_EPS;
 use super::Activation;
 
@@ -162,9 +162,9 @@ enum Op {
 #[derive(Default)]
 pub(crate) struct Buffers {
     spare: Vec<Vec<f32>>,
-    /// The convolutions' work buffers (the largest of all: kept apart so that they are not
-    /// regrown, page by page, on every pass).
-    work: [Vec<f32>; 2],
+    /// The convolutions' patch-matrix buffer (the largest of all: kept apart so that it is
+    /// not regrown, page by page, on every pass).
+    work: Vec<f32>,
 }
 
 impl Buffers {
@@ -213,8 +213,8 @@ pub(crate) struct HostTape {
     values: Vec<Vec<f32>>,
     ops: Vec<Op>,
     buffers: Buffers,
-    /// Patch-matrix and channel-major work buffers of the convolutions.
-    work: [Vec<f32>; 2],
+    /// The convolutions' patch-matrix buffer.
+    work: Vec<f32>,
 }
 
 impl HostTape {
@@ -307,31 +307,16 @@ impl HostTape {
     fn conv_map(
         &mut self,
         geom: &ConvGeom,
-        (weight, bias): (&[f32], Option<&[f32]>),
+        kernel: (&[f32], Option<&[f32]>),
         v: &[f32],
         n: usize,
     ) -> Vec<f32> {
-        let [cols, cm] = &mut self.work;
-        geom.im2col(v, n, Layout::ImageMajor, cols);
-        match bias {
-            Some(b) => geom.forward(weight, b, cols, n, cm),
-            None => {
-                let m = n * geom.plane_out();
-                // overwritten by the product
-                cm.resize(geom.c_out * m, 0.0);
-                gemm_into(
-                    cm,
-                    (weight, false),
-                    (cols, false),
-                    geom.c_out,
-                    geom.patch(),
-                    m,
-                    false,
-                );
-            }
+        let (len_in, len_out) = (geom.c_in * geom.plane_in(), geom.c_out * geom.plane_out());
+        let mut y = self.buffers.take(n * len_out);
+        let cols = &mut self.work;
+        for (x, out) in v.chunks_exact(len_in).zip(y.chunks_exact_mut(len_out)) {
+            geom.conv_image(kernel, x, cols, out);
         }
-        let mut y = self.buffers.take(cm.len());
-        to_row_major(cm, n, geom.c_out, geom.plane_out(), &mut y);
         y
     }
 
@@ -603,11 +588,12 @@ impl HostTape {
             let wf = params.flipped(weight, geom);
             return self.conv_map(&flip, (wf, None), g, n);
         }
-        let [cols, cm] = &mut self.work;
-        to_channel_major(g, n, geom.c_out, geom.plane_out(), cm);
-        let mut gx = self.buffers.take(geom.c_in * n * geom.plane_in());
-        let w = &self.params[weight];
-        geom.transpose_conv(w, cm, n, Layout::ImageMajor, cols, &mut gx);
+        let (len_in, len_out) = (geom.c_in * geom.plane_in(), geom.c_out * geom.plane_out());
+        let mut gx = self.buffers.take(n * len_in);
+        let (w, work) = (&self.params[weight], &mut self.work);
+        for (g, out) in g.chunks_exact(len_out).zip(gx.chunks_exact_mut(len_in)) {
+            geom.transpose_conv_image(w, g, work, out);
+        }
         gx
     }
 

@@ -22,8 +22,8 @@ use std::sync::Arc;
 
 use super::{
     broadcast_base, for_each_row, gemm_into, permute, softmax_jacobian, split,
-    standardize_jacobian, to_channel_major, upsample, upsample_adjoint, Affine, Buffers, ConvGeom,
-    HostTape, HostVar, Layout, Op,
+    standardize_jacobian, upsample, upsample_adjoint, Affine, Buffers, ConvGeom, HostTape, HostVar,
+    Op,
 };
 use crate::potential::host_ops::{lane_dot, lane_sum};
 
@@ -413,21 +413,13 @@ impl HostTape {
         v: &[f32],
         grads: &mut [Option<Vec<f32>>],
     ) -> Vec<f32> {
-        let n = g.len() / (geom.c_out * geom.plane_out());
-        let [cols, cm] = &mut self.work;
-        geom.im2col(v, n, Layout::ImageMajor, cols);
-        to_channel_major(g, n, geom.c_out, geom.plane_out(), cm);
-        let m = n * geom.plane_out();
+        let (len_in, len_out) = (geom.c_in * geom.plane_in(), geom.c_out * geom.plane_out());
         let gw = param(grads, weight, &self.params);
-        gemm_into(
-            gw,
-            (cm, false),
-            (cols, true),
-            geom.c_out,
-            m,
-            geom.patch(),
-            true,
-        );
+        for (g, v) in g.chunks_exact(len_out).zip(v.chunks_exact(len_in)) {
+            let patches = geom.image_patches(v, &mut self.work);
+            let (c_out, po, patch) = (geom.c_out, geom.plane_out(), geom.patch());
+            gemm_into(gw, (g, false), (patches, true), c_out, po, patch, true);
+        }
         self.transpose_conv(geom, weight, g)
     }
 
