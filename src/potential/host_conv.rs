@@ -28,7 +28,7 @@ use std::sync::Mutex;
 
 use super::conv::{ConvNet, Pool};
 use super::host_backprop::{weights_and_biases, ChunkTape, FusedBackprop, RecordedBlock};
-use super::host_mlp::{activate, gemm_into, Dense};
+use super::host_mlp::{activate, add_nt_product, gemm_into, Dense};
 use super::host_ops::{to_channel_major, to_row_major, ConvGeom};
 use super::{Activation, HostMlp, Model};
 use crate::backend::to_f64_vec;
@@ -331,15 +331,8 @@ impl HostConv {
                 let (c_out, m) = (layer.geom.c_out, n * layer.geom.plane_out());
                 layer.geom.im2col(gamma, n, work);
                 let patch = layer.geom.patch();
-                gemm_into(
-                    &mut grads[2 * l],
-                    (&t.delta[l], false),
-                    (work, true),
-                    c_out,
-                    m,
-                    patch,
-                    true,
-                );
+                let sizes = [c_out, m, patch];
+                add_nt_product(&mut grads[2 * l], (&t.delta[l], work), sizes, up);
                 // overwritten by the product
                 up.resize(c_out * m, 0.0);
                 gemm_into(up, (&layer.w, false), (work, false), c_out, patch, m, false);
@@ -368,15 +361,8 @@ impl HostConv {
             if curved(l) {
                 z.iter_mut().zip(&second[l]).for_each(|(a, b)| *a += b);
             }
-            gemm_into(
-                &mut grads[2 * l],
-                (z, false),
-                (&t.cols[l], true),
-                layer.geom.c_out,
-                m,
-                layer.geom.patch(),
-                true,
-            );
+            let sizes = [layer.geom.c_out, m, layer.geom.patch()];
+            add_nt_product(&mut grads[2 * l], (z, &t.cols[l]), sizes, work);
             for (gb, row) in grads[2 * l + 1].iter_mut().zip(z.chunks(m)) {
                 *gb += row.iter().sum::<f32>();
             }

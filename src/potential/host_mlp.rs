@@ -76,6 +76,28 @@ pub(super) fn gemm_into(
     }
 }
 
+/// `acc[n×k] += a[n×m] · b[k×m]ᵀ` for two row-major operands that share a long inner
+/// dimension m (a weight gradient: output adjoints times patch rows). `gemm` packs (transposes)
+/// an operand stored along the inner dimension into panels; computed directly that would be
+/// `b`, which for a convolution is k²·C_in/C_out times larger than `a`. So the product is
+/// formed as `b · aᵀ` in `work` (`[k×n]`, where only `a` gets packed and `b` is read in place)
+/// and added transposed.
+pub(super) fn add_nt_product(
+    acc: &mut [f32],
+    (a, b): (&[f32], &[f32]),
+    [n, m, k]: [usize; 3],
+    work: &mut Vec<f32>,
+) {
+    // overwritten by the product
+    work.resize(k * n, 0.0);
+    gemm_into(work, (b, false), (a, true), k, m, n, false);
+    for (i, row) in acc[..n * k].chunks_exact_mut(k).enumerate() {
+        for (j, v) in row.iter_mut().enumerate() {
+            *v += work[j * n + i];
+        }
+    }
+}
+
 /// `dst[n×m] = a[n×k] · b` where `b` is `[k×m]` row-major, or its transpose when `b_t`
 /// (then `b` is stored `[m×k]`).
 fn matmul(dst: &mut [f32], a: &[f32], b: &[f32], n: usize, k: usize, m: usize, b_t: bool) {

@@ -514,4 +514,29 @@ mod tests {
             }
         }
     }
+
+    #[test]
+    fn transposed_outer_product_adds_a_times_b_transposed() {
+        use crate::potential::host_mlp::add_nt_product;
+        for (n, m, k) in [(3, 17, 5), (8, 40, 72), (1, 1, 1), (6, 9, 2)] {
+            let (a, b) = (values(n * m, 6), values(k * m, 7));
+            let start = values(n * k, 8);
+            let mut acc = start.clone();
+            let mut work = vec![f32::NAN; 2];
+            add_nt_product(&mut acc, (&a, &b), [n, m, k], &mut work);
+            for i in 0..n {
+                for j in 0..k {
+                    let dot: f64 = (0..m)
+                        .map(|t| f64::from(a[i * m + t]) * f64::from(b[j * m + t]))
+                        .sum();
+                    let want = f64::from(start[i * k + j]) + dot;
+                    let got = f64::from(acc[i * k + j]);
+                    assert!(
+                        (got - want).abs() <= 1e-5 * (1.0 + want.abs()),
+                        "({i}, {j}): {got} vs {want}"
+                    );
+                }
+            }
+        }
+    }
 }

@@ -25,6 +25,7 @@ use super::{
     standardize_jacobian, upsample, upsample_adjoint, Affine, Buffers, ConvGeom, HostTape, HostVar,
     Op,
 };
+use crate::potential::host_mlp::add_nt_product;
 use crate::potential::host_ops::{lane_dot, lane_sum};
 
 /// The tangent of every recorded value (`None` where it does not depend on the input).
@@ -415,11 +416,13 @@ impl HostTape {
     ) -> Vec<f32> {
         let (len_in, len_out) = (geom.c_in * geom.plane_in(), geom.c_out * geom.plane_out());
         let gw = param(grads, weight, &self.params);
+        let mut product = self.buffers.take(geom.c_out * geom.patch());
         for (g, v) in g.chunks_exact(len_out).zip(v.chunks_exact(len_in)) {
             let patches = geom.image_patches(v, &mut self.work);
-            let (c_out, po, patch) = (geom.c_out, geom.plane_out(), geom.patch());
-            gemm_into(gw, (g, false), (patches, true), c_out, po, patch, true);
+            let sizes = [geom.c_out, geom.plane_out(), geom.patch()];
+            add_nt_product(gw, (g, patches), sizes, &mut product);
         }
+        self.buffers.give(product);
         self.transpose_conv(geom, weight, g)
     }
 
