@@ -518,7 +518,8 @@ mod tests {
     #[test]
     fn transposed_outer_product_adds_a_times_b_transposed() {
         use crate::potential::host_mlp::add_nt_product;
-        for (n, m, k) in [(3, 17, 5), (8, 40, 72), (1, 1, 1), (6, 9, 2)] {
+        // the last one is past the size formed transposed
+        for (n, m, k) in [(3, 17, 5), (8, 40, 72), (1, 1, 1), (6, 9, 2), (64, 3, 1025)] {
             let (a, b) = (values(n * m, 6), values(k * m, 7));
             let start = values(n * k, 8);
             let mut acc = start.clone();
