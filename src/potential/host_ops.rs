@@ -168,7 +168,7 @@ impl ConvGeom {
     }
 
     /// convᵀ(g, W) = col2im(Wᵀ g) for a channel-major `g: [C_out, n, H_out, W_out]` and the
-    /// kernel `w: [C_out, C_in·k²]`, into the channel-major `out`.
+    /// kernel `w: [C_out, C_in·k²]`, into the channel-major `out` (resized).
     pub fn transpose_conv(
         &self,
         w: &[f32],
@@ -176,6 +176,20 @@ impl ConvGeom {
         n: usize,
         work: &mut Vec<f32>,
         out: &mut Vec<f32>,
+    ) {
+        out.resize(self.c_in * n * self.plane_in(), 0.0);
+        self.transpose_conv_into(w, g, n, work, out);
+    }
+
+    /// [`Self::transpose_conv`] into a slice of `C_in·n·H_in·W_in` values; with n = 1 one
+    /// image's transposed convolution, `[C_in, H_in, W_in]` from `g: [C_out, H_out·W_out]`.
+    pub fn transpose_conv_into(
+        &self,
+        w: &[f32],
+        g: &[f32],
+        n: usize,
+        work: &mut Vec<f32>,
+        out: &mut [f32],
     ) {
         let m = n * self.plane_out();
         // overwritten by the product
@@ -189,7 +203,6 @@ impl ConvGeom {
             m,
             false,
         );
-        out.resize(self.c_in * n * self.plane_in(), 0.0);
         self.col2im(work, n, out);
     }
 
@@ -234,24 +247,6 @@ impl ConvGeom {
             po,
             bias.is_some(),
         );
-    }
-
-    /// One image's transposed convolution by col2im, `out = col2im(Wᵀ g)`: `[C_in, H_in, W_in]`
-    /// from `g: [C_out, H_out·W_out]`.
-    pub fn transpose_conv_image(&self, w: &[f32], g: &[f32], work: &mut Vec<f32>, out: &mut [f32]) {
-        let po = self.plane_out();
-        // overwritten by the product
-        work.resize(self.patch() * po, 0.0);
-        gemm_into(
-            work,
-            (w, true),
-            (g, false),
-            self.patch(),
-            self.c_out,
-            po,
-            false,
-        );
-        self.col2im(work, 1, out);
     }
 
     /// z = W · cols + b (channel-major `[C_out, n·H_out·W_out]`) into `out`, from the patch

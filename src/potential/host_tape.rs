@@ -592,7 +592,7 @@ impl HostTape {
         let mut gx = self.buffers.take(n * len_in);
         let (w, work) = (&self.params[weight], &mut self.work);
         for (g, out) in g.chunks_exact(len_out).zip(gx.chunks_exact_mut(len_in)) {
-            geom.transpose_conv_image(w, g, work, out);
+            geom.transpose_conv_into(w, g, 1, work, out);
         }
         gx
     }
