@@ -124,7 +124,8 @@ impl ConvGeom {
                     let srow = &src[(yo * s + kh - p) * self.w_in..][..self.w_in];
                     zero_run(&mut drow[..x_lo]);
                     zero_run(&mut drow[x_hi..]);
-                    // (an empty range: no input column under this kernel offset)
+                    // x_lo == x_hi where no input column lies under this kernel offset (a map
+                    // narrower than the kernel): then x_lo + kw − p may be negative
                     if s == 1 && x_lo < x_hi {
                         copy_run(&mut drow[x_lo..x_hi], &srow[x_lo + kw - p..]);
                     } else {
