@@ -62,6 +62,13 @@ pub trait FusedBackprop: GradField + Send + Sync {
         drop(block);
     }
 
+    /// Hands a block's gradients back once they are summed (`None` where there is none), so
+    /// that their buffers can serve the next [`FusedBackprop::block_param_grads`] (the
+    /// default just drops them).
+    fn recycle_grads(&self, spent: Vec<Option<Vec<f32>>>) {
+        drop(spent);
+    }
+
     /// Hands every block of a recording back ([`FusedBackprop::recycle_block`]).
     fn recycle(&self, rec: Recording<Self::Tape>) {
         for block in rec.chunks {
@@ -105,7 +112,7 @@ pub trait FusedBackprop: GradField + Send + Sync {
         };
         let mut out = Streamed::default();
         in_order_groups(&starts, sweep, |(grads, (e, g))| {
-            add_grads(&mut out.grads, grads);
+            self.recycle_grads(add_grads(&mut out.grads, grads));
             out.energies.extend(e);
             out.input_grads.extend(g);
         });
@@ -138,7 +145,9 @@ pub trait FusedBackprop: GradField + Send + Sync {
         };
         let blocks: Vec<(&Self::Tape, usize)> = rec.chunks.iter().zip(offsets).collect();
         let mut total = Vec::new();
-        in_order_groups(&blocks, block_grads, |p| add_grads(&mut total, p));
+        in_order_groups(&blocks, block_grads, |p| {
+            self.recycle_grads(add_grads(&mut total, p));
+        });
         total
     }
 }
@@ -172,21 +181,29 @@ pub struct Streamed {
 }
 
 /// Adds the gradients `p` into `total` (taking them over when `total` is empty); `None` is
-/// no gradient.
-pub fn add_grads(total: &mut Vec<Option<Vec<f32>>>, p: Vec<Option<Vec<f32>>>) {
+/// no gradient. Returns the buffers of `p` that were added (not taken over), by parameter,
+/// for reuse.
+pub fn add_grads(
+    total: &mut Vec<Option<Vec<f32>>>,
+    p: Vec<Option<Vec<f32>>>,
+) -> Vec<Option<Vec<f32>>> {
     if total.is_empty() {
         *total = p;
-        return;
+        return Vec::new();
     }
+    let mut spent = Vec::with_capacity(total.len());
     for (t, g) in total.iter_mut().zip(p) {
-        *t = match (t.take(), g) {
+        let (sum, used) = match (t.take(), g) {
             (Some(mut a), Some(g)) => {
-                a.iter_mut().zip(g).for_each(|(a, b)| *a += b);
-                Some(a)
+                a.iter_mut().zip(&g).for_each(|(a, b)| *a += b);
+                (Some(a), Some(g))
             }
-            (a, g) => a.or(g),
+            (a, g) => (a.or(g), None),
         };
+        *t = sum;
+        spent.push(used);
     }
+    spent
 }
 
 /// The gradients of a network of weight–bias pairs (in canonical order), with `None` for the

@@ -17,6 +17,8 @@ use super::Activation;
 
 mod dual;
 
+pub(crate) use dual::ParamGrads;
+
 /// A value recorded on a [`HostTape`]: its slot and its shape.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct HostVar {

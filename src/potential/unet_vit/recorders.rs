@@ -14,7 +14,9 @@ use burn::tensor::Device;
 use super::{Conv, Linear, Norm, UNetVit};
 use crate::backend::to_f64_vec;
 use crate::potential::host_backprop::head_terms;
-use crate::potential::host_tape::{Affine, Buffers, HostParams, HostTape, HostVar, ParamStore};
+use crate::potential::host_tape::{
+    Affine, Buffers, HostParams, HostTape, HostVar, ParamGrads, ParamStore,
+};
 use crate::potential::tape::{Tape, Var};
 use crate::potential::{Activation, Potential};
 use crate::potential::{FusedBackprop, RecordedBlock};
@@ -237,6 +239,9 @@ pub struct HostUNetVit {
     params: HostParams,
     /// Images per pass.
     block: usize,
+    /// Spent block gradients (one buffer per parameter), reused by the next blocks' sweeps:
+    /// at most one set per thread.
+    spare_grads: Mutex<Vec<Vec<Option<Vec<f32>>>>>,
 }
 
 /// One block of images recorded for a training step: the tape of its pass, V and ∇ₓV.
@@ -295,6 +300,7 @@ impl HostUNetVit {
             net: skeleton,
             params: Arc::new(ParamStore::new(params)),
             block,
+            spare_grads: Mutex::new(Vec::new()),
         }
     }
 
@@ -417,7 +423,8 @@ impl FusedBackprop for HostUNetVit {
                 .map(|[_, slope, _]| *slope)
                 .collect::<Vec<f32>>()
         });
-        let mut grads = vec![None; self.params.len()];
+        let spares = self.spare_grads.lock().ok().and_then(|mut pool| pool.pop());
+        let mut grads = ParamGrads::new(self.params.len(), spares.unwrap_or_default());
         tape.param_gradient(
             (&block.input, &block.out),
             &t,
@@ -426,7 +433,15 @@ impl FusedBackprop for HostUNetVit {
         );
         tape.give_tangents(t);
         BUFFERS.set(tape.swap_buffers(own));
-        grads
+        grads.into_grads()
+    }
+
+    fn recycle_grads(&self, spent: Vec<Option<Vec<f32>>>) {
+        if let Ok(mut pool) = self.spare_grads.lock() {
+            if pool.len() < rayon::current_num_threads().max(1) {
+                pool.push(spent);
+            }
+        }
     }
 
     /// Keeps the block's buffers (up to `MAX_SPARE_BUFFERS`) for the next recordings.
