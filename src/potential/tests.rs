@@ -642,7 +642,16 @@ fn conv_shapes_and_parameter_count_follow_the_config() {
 /// 2 groups, a ViT with patch 2 (4 tokens), 2 heads, 1 layer. Every parameter is drawn at random
 /// (the reference's zero initialisations would hide layers from the checks).
 fn small_unet_vit(clamp: Option<f64>) -> UNetVit {
-    let cfg = UNetVitConfig {
+    randomized(
+        small_unet_vit_config()
+            .init(1.3, clamp, 8, &cpu(), P)
+            .unwrap(),
+    )
+}
+
+/// The configuration of [`small_unet_vit`].
+fn small_unet_vit_config() -> UNetVitConfig {
+    UNetVitConfig {
         image: crate::data::ImageShape {
             channels: 2,
             height: 4,
@@ -659,8 +668,7 @@ fn small_unet_vit(clamp: Option<f64>) -> UNetVit {
         vit_layers: 1,
         vit_heads: 2,
         ff_mult: 2,
-    };
-    randomized(cfg.init(1.3, clamp, 8, &cpu(), P).unwrap())
+    }
 }
 
 /// `m` with every parameter drawn at random (the reference's zero initialisations would hide
@@ -724,17 +732,12 @@ fn fused_unet_vit_backprop_equals_autodiff_over_the_explicit_gradient() {
             height: 32,
             width: 32,
         },
-        base_channels: 2,
         channel_mult: vec![1, 1],
-        res_blocks: 1,
         attention_resolutions: vec![],
-        head_channels: 2,
-        groups: 2,
         patch: 8,
-        embed_dim: 4,
-        vit_layers: 1,
         vit_heads: 1,
         ff_mult: 1,
+        ..small_unet_vit_config()
     };
     let m = randomized(big_maps.init(1.1, None, 3, &cpu(), P).unwrap());
     let host = HostUNetVit::new(&m);
