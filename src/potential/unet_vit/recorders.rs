@@ -437,6 +437,10 @@ impl FusedBackprop for HostUNetVit {
     }
 
     fn recycle_grads(&self, spent: Vec<Option<Vec<f32>>>) {
+        // a set without a buffer (the block whose gradients became the total) is no spare
+        if spent.iter().all(Option::is_none) {
+            return;
+        }
         if let Ok(mut pool) = self.spare_grads.lock() {
             if pool.len() < rayon::current_num_threads().max(1) {
                 pool.push(spent);
