@@ -12,6 +12,7 @@ use std::sync::{Arc, OnceLock};
 
 use super::host_mlp::{activate, fast_exp, gemm_into};
 use super::host_ops::{lane_dot, lane_sum, ConvGeom};
+use super::host_winograd;
 use super::tape::NORM_EPS;
 use super::Activation;
 
@@ -40,18 +41,56 @@ impl HostVar {
 /// The parameters a [`HostTape`] reads, by index (shared with the tapes of other blocks).
 pub(crate) type HostParams = Arc<ParamStore>;
 
-/// The parameters of a network as f32 values (indexed like a slice), with the flipped
-/// kernels of its stride-1 convolutions made once when first needed.
+/// The parameters of a network as f32 values (indexed like a slice), with the kernels its
+/// convolutions apply made once when first needed: the flipped kernels of stride-1
+/// convolutions (their transposes) and the Winograd forms of 3×3 ones.
 pub(crate) struct ParamStore {
     values: Vec<Vec<f32>>,
     flipped: Vec<OnceLock<Vec<f32>>>,
+    /// Per parameter: the Winograd form of the kernel and of its flipped kernel.
+    winograd: Vec<[OnceLock<Vec<f32>>; 2]>,
+}
+
+/// The kernel a convolution applies: a `[C_out, C_in·k²]` weight for im2col + gemm, or the
+/// Winograd form of a 3×3 one ([`host_winograd::kernel_transform`]).
+#[derive(Clone, Copy)]
+enum Kernel<'a> {
+    Direct(&'a [f32]),
+    Winograd(&'a [f32]),
 }
 
 impl ParamStore {
     /// A store of `values`, in canonical order.
     pub fn new(values: Vec<Vec<f32>>) -> Self {
         let flipped = values.iter().map(|_| OnceLock::new()).collect();
-        Self { values, flipped }
+        let winograd = values.iter().map(|_| Default::default()).collect();
+        Self {
+            values,
+            flipped,
+            winograd,
+        }
+    }
+
+    /// The kernel that applies parameter `weight` of convolution `geom` (`flipped`: the
+    /// kernel of its transpose, for stride 1), in Winograd form where `geom` is a 3×3,
+    /// stride-1, pad-1 convolution (and so is its transpose).
+    fn kernel(&self, weight: usize, geom: &ConvGeom, flipped: bool) -> Kernel<'_> {
+        let w = if flipped {
+            self.flipped(weight, geom)
+        } else {
+            &self.values[weight]
+        };
+        if !host_winograd::applies(geom) {
+            return Kernel::Direct(w);
+        }
+        let (c_out, c_in) = if flipped {
+            (geom.c_in, geom.c_out)
+        } else {
+            (geom.c_out, geom.c_in)
+        };
+        let form = self.winograd[weight][usize::from(flipped)]
+            .get_or_init(|| host_winograd::kernel_transform(w, c_out, c_in));
+        Kernel::Winograd(form)
     }
 
     /// The kernel of convolution `geom` whose weight is parameter `weight`, flipped in space
@@ -293,8 +332,8 @@ impl HostTape {
         let [n, c, h, w] = x.dims;
         let params = Arc::clone(&self.params);
         let geom = ConvGeom::new(c, params[bias].len(), k, stride, pad, h, w);
-        let (w, b) = (&params[weight], Some(&params[bias][..]));
-        let y = self.with_value(x.id, |t, v| t.conv_map(&geom, (w, b), v, n));
+        let kernel = (params.kernel(weight, &geom, false), Some(&params[bias][..]));
+        let y = self.with_value(x.id, |t, v| t.conv_map(&geom, kernel, v, n));
         let dims = [n, geom.c_out, geom.h_out, geom.w_out];
         let op = Op::Conv {
             x: x.id,
@@ -309,15 +348,18 @@ impl HostTape {
     fn conv_map(
         &mut self,
         geom: &ConvGeom,
-        kernel: (&[f32], Option<&[f32]>),
+        (kernel, bias): (Kernel<'_>, Option<&[f32]>),
         v: &[f32],
         n: usize,
     ) -> Vec<f32> {
         let (len_in, len_out) = (geom.c_in * geom.plane_in(), geom.c_out * geom.plane_out());
         let mut y = self.buffers.take(n * len_out);
-        let cols = &mut self.work;
+        let work = &mut self.work;
         for (x, out) in v.chunks_exact(len_in).zip(y.chunks_exact_mut(len_out)) {
-            geom.conv_image(kernel, x, cols, out);
+            match kernel {
+                Kernel::Direct(w) => geom.conv_image((w, bias), x, work, out),
+                Kernel::Winograd(u) => host_winograd::conv_image(geom, (u, bias), x, work, out),
+            }
         }
         y
     }
@@ -587,8 +629,8 @@ impl HostTape {
             );
             debug_assert_eq!((flip.h_out, flip.w_out), (geom.h_in, geom.w_in));
             let params = Arc::clone(&self.params);
-            let wf = params.flipped(weight, geom);
-            return self.conv_map(&flip, (wf, None), g, n);
+            let kernel = params.kernel(weight, geom, true);
+            return self.conv_map(&flip, (kernel, None), g, n);
         }
         let (len_in, len_out) = (geom.c_in * geom.plane_in(), geom.c_out * geom.plane_out());
         let mut gx = self.buffers.take(n * len_in);

@@ -46,6 +46,7 @@ mod host_conv;
 mod host_mlp;
 mod host_ops;
 mod host_tape;
+mod host_winograd;
 mod mlp;
 mod network;
 mod quadratic;

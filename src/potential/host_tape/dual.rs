@@ -75,7 +75,8 @@ impl HostTape {
             } => {
                 let tx = unary(x)?;
                 let n = tx.len() / (geom.c_in * geom.plane_in());
-                Some(self.conv_map(&geom, (&params[weight], None), tx, n))
+                let kernel = params.kernel(weight, &geom, false);
+                Some(self.conv_map(&geom, (kernel, None), tx, n))
             }
             Op::Act { x, deriv, .. } => Some(self.buffers.product(unary(*x)?, deriv)),
             &Op::Add(a, b) => match (unary(a), unary(b)) {
