@@ -59,72 +59,88 @@ pub(super) fn conv_image(
     let (th, tw) = tiles(geom);
     let n_tiles = th * tw;
     let (c_in, c_out) = (geom.c_in, geom.c_out);
-    let scratch = 8 * (th + 1) * tw;
+    let scratch = 12 * (th + 1) * tw + 1;
     work.resize(scratch + POINTS * n_tiles * (c_in + c_out), 0.0);
     let (scratch, rest) = work.split_at_mut(scratch);
     let (v, m) = rest.split_at_mut(POINTS * c_in * n_tiles);
-    with_avx2(|| input_transform(geom, x, scratch, v));
+    transform_input(geom, x, scratch, v);
     for (m, (u, v)) in m.chunks_exact_mut(c_out * n_tiles).zip(
         u.chunks_exact(c_out * c_in)
             .zip(v.chunks_exact(c_in * n_tiles)),
     ) {
         gemm_into(m, (u, false), (v, false), c_out, c_in, n_tiles, false);
     }
-    with_avx2(|| output_transform(geom, m, bias, out));
+    transform_output(geom, m, bias, out);
 }
 
-/// Runs `f` (inlined) in code compiled for AVX2 where the CPU has it: the transforms are
-/// flat elementwise loops that then run 8 lanes wide.
-#[inline(always)]
-fn with_avx2(f: impl FnOnce()) {
-    #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") {
-        #[target_feature(enable = "avx2")]
-        unsafe fn run(f: impl FnOnce()) {
-            f()
+/// `$name(args)` runs the `#[inline(always)]` kernel `$kernel` compiled for AVX2 where the
+/// CPU has it (the transforms are flat elementwise loops that then run 8 lanes wide).
+macro_rules! avx2_dispatch {
+    ($name:ident => $kernel:ident($($arg:ident: $ty:ty),*)) => {
+        fn $name($($arg: $ty),*) {
+            #[cfg(target_arch = "x86_64")]
+            if std::is_x86_feature_detected!("avx2") {
+                #[target_feature(enable = "avx2")]
+                unsafe fn avx2($($arg: $ty),*) {
+                    $kernel($($arg),*)
+                }
+                // SAFETY: the CPU supports the features the function was compiled for.
+                return unsafe { avx2($($arg),*) };
+            }
+            $kernel($($arg),*)
         }
-        // SAFETY: the CPU supports the features the function was compiled for.
-        return unsafe { run(f) };
-    }
-    f()
+    };
 }
 
-/// Bᵀ d B of every tile into `v: [16, C_in, tiles]`. Per channel, first d B along each
-/// padded input row r (input row r − 1): the four column combinations of every tile column,
-/// stored by row parity in `scratch` as `[4, 2, ⌈H/2⌉ + 1, tiles per row]`; then Bᵀ(d B)
-/// down the tile rows, flat over all tiles (tile row t reads padded rows 2t … 2t + 3: the
-/// even rows t, t + 1 and the odd rows t, t + 1).
+avx2_dispatch!(transform_input => input_transform(geom: &ConvGeom, x: &[f32], scratch: &mut [f32], v: &mut [f32]));
+avx2_dispatch!(transform_output => output_transform(geom: &ConvGeom, m: &[f32], bias: Option<&[f32]>, out: &mut [f32]));
+
+/// Bᵀ d B of every tile into `v: [16, C_in, tiles]`, one channel at a time, in flat passes
+/// over a split copy of the channel (rows of `tw = ⌈W/2⌉` values, `⌈H/2⌉ + 1` rows per
+/// class):
+/// 1. Each padded input row r (input row r − 1, zero outside) is split into its even
+///    columns `O[t] = x[2t]` and odd ones `E[t] = x[2t + 1]` (zero outside), stored by row
+///    parity: class r mod 2, row r / 2. Tile t of the row has the columns
+///    x[2t − 1], x[2t], x[2t + 1], x[2t + 2] = E[t − 1], O[t], E[t], O[t + 1].
+/// 2. d B, the four column combinations of every tile column, flat over the rows (the
+///    shifted reads E[t − 1] and O[t + 1] are fixed up at the row ends, where they are
+///    padding).
+/// 3. Bᵀ(d B) down the tile rows, flat over all tiles: tile row k reads padded rows 2k … 2k + 3,
+///    the rows k and k + 1 of both classes.
 #[inline(always)]
 fn input_transform(geom: &ConvGeom, x: &[f32], scratch: &mut [f32], v: &mut [f32]) {
     let (th, tw) = tiles(geom);
     let (h, w) = (geom.h_in, geom.w_in);
     let n_tiles = th * tw;
     let class = (th + 1) * tw;
+    let split = 2 * class;
     let point = geom.c_in * n_tiles;
-    // a padded row split into its even columns E[j] = x[2j − 1] and odd ones O[j] = x[2j]
-    // (zero outside): a tile's four columns are E[t], O[t], E[t + 1], O[t + 1]
-    let mut even = vec![0.0f32; tw + 1];
-    let mut odd = vec![0.0f32; tw + 1];
+    let (odd_cols, rest) = scratch.split_at_mut(split + 1);
+    let (even_cols, columns) = rest.split_at_mut(split);
+    odd_cols[split] = 0.0;
     for (c, xc) in x.chunks_exact(h * w).enumerate() {
         for r in 0..2 * th + 2 {
-            let row = (r >= 1 && r <= h).then(|| &xc[(r - 1) * w..r * w]);
-            split_parity(row, &mut even, &mut odd);
-            let (e0, e1, o0, o1) = (&even[..tw], &even[1..], &odd[..tw], &odd[1..]);
-            let at = |b: usize| (b * 2 + r % 2) * class + (r / 2) * tw;
-            let [c0, c1, c2, c3] = [0, 1, 2, 3].map(at);
-            for t in 0..tw {
-                scratch[c0 + t] = e0[t] - e1[t];
-                scratch[c1 + t] = o0[t] + e1[t];
-                scratch[c2 + t] = e1[t] - o0[t];
-                scratch[c3 + t] = o0[t] - o1[t];
+            let at = (r % 2) * class + (r / 2) * tw;
+            let (o, e) = (&mut odd_cols[at..at + tw], &mut even_cols[at..at + tw]);
+            if r == 0 || r > h {
+                o.fill(0.0);
+                e.fill(0.0);
+            } else {
+                split_row(&xc[(r - 1) * w..r * w], o, e);
             }
         }
+        column_combinations(tw, odd_cols, even_cols, columns);
         for b in 0..4 {
-            let rows = &scratch[b * 2 * class..(b * 2 + 2) * class];
+            let rows = &columns[b * split..(b + 1) * split];
             let (even_rows, odd_rows) = rows.split_at(class);
-            let (d0, d1) = (&even_rows[..n_tiles], &odd_rows[..n_tiles]);
-            let (d2, d3) = (&even_rows[tw..], &odd_rows[tw..]);
+            let d = [
+                &even_rows[..n_tiles],
+                &odd_rows[..n_tiles],
+                &even_rows[tw..],
+                &odd_rows[tw..],
+            ];
             let [v0, v1, v2, v3] = four_rows(v, b * point + c * n_tiles, 4 * point, n_tiles);
+            let [d0, d1, d2, d3] = d.map(|d| &d[..n_tiles]);
             for t in 0..n_tiles {
                 v0[t] = d0[t] - d2[t];
                 v1[t] = d1[t] + d2[t];
@@ -135,30 +151,45 @@ fn input_transform(geom: &ConvGeom, x: &[f32], scratch: &mut [f32], v: &mut [f32
     }
 }
 
-/// `row` (or a zero row) split into `even[j] = row[2j − 1]` and `odd[j] = row[2j]`, zero
-/// outside the row.
+/// `odd[t] = row[2t]`, `even[t] = row[2t + 1]` (zero past the row's end).
 #[inline(always)]
-fn split_parity(row: Option<&[f32]>, even: &mut [f32], odd: &mut [f32]) {
-    let Some(row) = row else {
-        even.fill(0.0);
-        odd.fill(0.0);
-        return;
-    };
-    even[0] = 0.0;
+fn split_row(row: &[f32], odd: &mut [f32], even: &mut [f32]) {
     let pairs = row.chunks_exact(2);
-    let last = pairs.remainder().first().copied();
-    let half = row.len() / 2;
-    for ((pair, o), e) in pairs.zip(odd.iter_mut()).zip(even[1..].iter_mut()) {
+    if let [last] = pairs.remainder() {
+        odd[row.len() / 2] = *last;
+        even[row.len() / 2] = 0.0;
+    }
+    for ((pair, o), e) in pairs.zip(odd.iter_mut()).zip(even.iter_mut()) {
         *o = pair[0];
         *e = pair[1];
     }
-    let mut odd_end = half;
-    if let Some(last) = last {
-        odd[half] = last;
-        odd_end += 1;
+}
+
+/// d B for every tile column of the split rows (rows of `tw`; `odd` holds one extra zero):
+/// `columns[b]` (each as long as `even`) = E[t − 1] − E[t], O[t] + E[t], E[t] − O[t],
+/// O[t] − O[t + 1] for b = 0 … 3, with E[−1] and O[tw] the zero padding.
+#[inline(always)]
+fn column_combinations(tw: usize, odd: &[f32], even: &[f32], columns: &mut [f32]) {
+    let n = even.len();
+    let [c0, c1, c2, c3] = four_rows(columns, 1, n, n - 1);
+    let (e_prev, e, o, o_next) = (&even[..n - 1], &even[1..n], &odd[1..n], &odd[2..n + 1]);
+    for q in 0..n - 1 {
+        c0[q] = e_prev[q] - e[q];
+        c1[q] = o[q] + e[q];
+        c2[q] = e[q] - o[q];
+        c3[q] = o[q] - o_next[q];
     }
-    odd[odd_end..].fill(0.0);
-    even[half + 1..].fill(0.0);
+    columns[n] = odd[0] + even[0];
+    columns[2 * n] = even[0] - odd[0];
+    for start in (0..n).step_by(tw) {
+        columns[start] = -even[start];
+        let end = start + tw - 1;
+        columns[3 * n + end] = odd[end];
+    }
+    // the column t = 0 of the first row, unless it is also the row's end (fixed above)
+    if tw > 1 {
+        columns[3 * n] = odd[0] - odd[1];
+    }
 }
 
 /// Four disjoint `len`-value rows of `v` at `start`, `start + stride`, … (stride ≥ len).
@@ -185,24 +216,37 @@ fn output_transform(geom: &ConvGeom, m: &[f32], bias: Option<&[f32]>, out: &mut 
     let n_tiles = th * tw;
     let point = geom.c_out * n_tiles;
     let mut y = vec![0.0f32; 4 * n_tiles];
+    let mut s = vec![0.0f32; 8 * n_tiles];
     for (o, plane) in out.chunks_exact_mut(h * w).enumerate() {
         let b_o = bias.map_or(0.0, |b| b[o]);
-        let mi: [&[f32]; POINTS] =
-            std::array::from_fn(|p| &m[p * point + o * n_tiles..][..n_tiles]);
-        let (y0, rest) = y.split_at_mut(n_tiles);
-        let (y1, rest) = rest.split_at_mut(n_tiles);
-        let (y2, y3) = rest.split_at_mut(n_tiles);
-        for t in 0..n_tiles {
-            let col = |b: usize| {
-                let (m0, m1, m2, m3) = (mi[b][t], mi[4 + b][t], mi[8 + b][t], mi[12 + b][t]);
-                (m0 + m1 + m2, m1 - m2 - m3)
-            };
-            let (s0, s1, s2, s3) = (col(0), col(1), col(2), col(3));
-            y0[t] = s0.0 + s1.0 + s2.0 + b_o;
-            y1[t] = s1.0 - s2.0 - s3.0 + b_o;
-            y2[t] = s0.1 + s1.1 + s2.1 + b_o;
-            y3[t] = s1.1 - s2.1 - s3.1 + b_o;
+        let at = |p: usize| &m[p * point + o * n_tiles..][..n_tiles];
+        // Aᵀ m: rows 0 and 1 of each column b, at s[b] and s[4 + b]
+        let (row0s, row1s) = s.split_at_mut(4 * n_tiles);
+        let [s0, s1, s2, s3] = four_rows(row0s, 0, n_tiles, n_tiles);
+        let [s4, s5, s6, s7] = four_rows(row1s, 0, n_tiles, n_tiles);
+        for (b, (row0, row1)) in [(s0, s4), (s1, s5), (s2, s6), (s3, s7)]
+            .into_iter()
+            .enumerate()
+        {
+            let (m0, m1, m2, m3) = (at(b), at(4 + b), at(8 + b), at(12 + b));
+            for t in 0..n_tiles {
+                row0[t] = m0[t] + m1[t] + m2[t];
+                row1[t] = m1[t] - m2[t] - m3[t];
+            }
         }
+        // (Aᵀ m) A: the tile's outputs (0, 0), (0, 1) from row 0, (1, 0), (1, 1) from row 1
+        let [y0, y1, y2, y3] = four_rows(&mut y, 0, n_tiles, n_tiles);
+        for (i, (left, right)) in [(y0, y1), (y2, y3)].into_iter().enumerate() {
+            let row = |b: usize| &s[(4 * i + b) * n_tiles..][..n_tiles];
+            let (q0, q1, q2, q3) = (row(0), row(1), row(2), row(3));
+            for t in 0..n_tiles {
+                left[t] = q0[t] + q1[t] + q2[t] + b_o;
+                right[t] = q1[t] - q2[t] - q3[t] + b_o;
+            }
+        }
+        let (y0, rest) = y.split_at(n_tiles);
+        let (y1, rest) = rest.split_at(n_tiles);
+        let (y2, y3) = rest.split_at(n_tiles);
         for (r, row) in plane.chunks_exact_mut(w).enumerate() {
             let (ty, i) = (r / 2, r % 2);
             let tiles = ty * tw..(ty + 1) * tw;
@@ -234,7 +278,7 @@ mod tests {
     }
 
     /// Winograd against the im2col convolution, with and without bias, on even, odd and
-    /// one-pixel sides.
+    /// one-pixel sides, over a NaN-filled output and work buffer.
     #[test]
     fn winograd_convolution_equals_the_im2col_convolution() {
         for (c_in, c_out, h, w) in [
@@ -255,7 +299,8 @@ mod tests {
             for bias in [None, Some(&b[..])] {
                 let mut want = vec![f32::NAN; c_out * h * w];
                 geom.conv_image((&k, bias), &x, &mut Vec::new(), &mut want);
-                let mut work = vec![f32::NAN; 3];
+                // a dirty work buffer larger than needed: no stale value may be read
+                let mut work = vec![f32::NAN; 20_000];
                 let mut got = vec![f32::NAN; c_out * h * w];
                 conv_image(&geom, (&u, bias), &x, &mut work, &mut got);
                 for (i, (g, w)) in got.iter().zip(&want).enumerate() {
