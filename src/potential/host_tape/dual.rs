@@ -27,6 +27,7 @@ use super::{
 };
 use crate::potential::host_mlp::add_nt_product;
 use crate::potential::host_ops::{lane_dot, lane_sum};
+use crate::potential::host_winograd;
 
 /// The tangent of every recorded value (`None` where it does not depend on the input).
 pub(crate) struct Tangents(Vec<Option<Vec<f32>>>);
@@ -417,6 +418,10 @@ impl HostTape {
     ) -> Vec<f32> {
         let (len_in, len_out) = (geom.c_in * geom.plane_in(), geom.c_out * geom.plane_out());
         let gw = grads.slot(weight, self.params[weight].len());
+        if host_winograd::applies(geom) {
+            host_winograd::add_kernel_gradient(geom, (g, v), gw, &mut self.work);
+            return self.transpose_conv(geom, weight, g);
+        }
         let mut product = self.buffers.take(geom.c_out * geom.patch());
         for (g, v) in g.chunks_exact(len_out).zip(v.chunks_exact(len_in)) {
             let patches = geom.image_patches(v, &mut self.work);
