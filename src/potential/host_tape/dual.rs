@@ -418,7 +418,7 @@ impl HostTape {
     ) -> Vec<f32> {
         let (len_in, len_out) = (geom.c_in * geom.plane_in(), geom.c_out * geom.plane_out());
         let gw = grads.slot(weight, self.params[weight].len());
-        if host_winograd::applies(geom) {
+        if host_winograd::pays_for_kernel_gradient(geom, g.len() / len_out) {
             host_winograd::add_kernel_gradient(geom, (g, v), gw, &mut self.work);
             return self.transpose_conv(geom, weight, g);
         }
