@@ -355,11 +355,13 @@ impl HostTape {
         let (len_in, len_out) = (geom.c_in * geom.plane_in(), geom.c_out * geom.plane_out());
         let mut y = self.buffers.take(n * len_out);
         let work = &mut self.work;
-        for (x, out) in v.chunks_exact(len_in).zip(y.chunks_exact_mut(len_out)) {
-            match kernel {
-                Kernel::Direct(w) => geom.conv_image((w, bias), x, work, out),
-                Kernel::Winograd(u) => host_winograd::conv_image(geom, (u, bias), x, work, out),
+        match kernel {
+            Kernel::Direct(w) => {
+                for (x, out) in v.chunks_exact(len_in).zip(y.chunks_exact_mut(len_out)) {
+                    geom.conv_image((w, bias), x, work, out);
+                }
             }
+            Kernel::Winograd(u) => host_winograd::conv_block(geom, (u, bias), v, work, &mut y),
         }
         y
     }

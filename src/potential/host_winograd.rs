@@ -1,13 +1,17 @@
-//! Winograd's minimal filtering F(2×2, 3×3) (Lavin & Gray 2016) for one image's 3×3,
-//! stride-1, pad-1 convolution, the bulk of a UNet's work: each 2×2 output tile is
+//! Winograd's minimal filtering F(2×2, 3×3) (Lavin & Gray 2016) for 3×3, stride-1, pad-1
+//! convolutions, the bulk of a UNet's work: each 2×2 output tile is
 //! Aᵀ[(G g Gᵀ) ⊙ (Bᵀ d B)]A of its 4×4 input tile d, so the convolution becomes 16 gemms
 //! `[C_out, C_in] · [C_in, tiles]`, one per point of the transformed tile, with 16 instead of
-//! 36 multiplications per tile and channel pair and no patch matrix.
+//! 36 multiplications per tile and channel pair and no patch matrix. The kernel gradient is
+//! the same in reverse: 16 gemms `[C_out, tiles] · [tiles, C_in]` of the transformed output
+//! adjoints and inputs.
 //!
 //! Layouts: the transformed kernel is `[16, C_out, C_in]` (point-major, made once per kernel,
-//! [`kernel_transform`]); the transformed input `[16, C_in, tiles]` and the product
-//! `[16, C_out, tiles]` live in the caller's work buffer; tiles run row by row over the
-//! ⌈H/2⌉ × ⌈W/2⌉ grid. Odd sides are padded with zeros and their extra outputs dropped.
+//! [`kernel_transform`]); the transformed inputs `[16, C_in, n·tiles]` and the products
+//! `[16, C_out, n·tiles]` of a block of n images live in the caller's work buffer (the tiles
+//! of image i of a channel at i·tiles, so that each gemm spans the block); tiles run row by
+//! row over the ⌈H/2⌉ × ⌈W/2⌉ grid. Odd sides are padded with zeros and their extra outputs
+//! dropped.
 
 use super::host_mlp::gemm_into;
 use super::host_ops::ConvGeom;
@@ -15,7 +19,7 @@ use super::host_ops::ConvGeom;
 /// Points of a transformed 4×4 tile.
 const POINTS: usize = 16;
 
-/// Whether [`conv_image`] computes the convolution `geom`: a 3×3 kernel, stride 1, padding 1.
+/// Whether [`conv_block`] computes the convolution `geom`: a 3×3 kernel, stride 1, padding 1.
 pub(super) fn applies(geom: &ConvGeom) -> bool {
     geom.k == 3 && geom.stride == 1 && geom.pad == 1
 }
@@ -54,10 +58,11 @@ fn tiles(geom: &ConvGeom) -> (usize, usize) {
     (geom.h_out.div_ceil(2), geom.w_out.div_ceil(2))
 }
 
-/// One image's convolution `out = conv(x, w) (+ b)`, `[C_out, H, W]` from `x: [C_in, H, W]`,
-/// for a geometry that [`applies`], with the kernel's transform `u` ([`kernel_transform`]).
-/// `work` is resized as needed and its contents are not read.
-pub(super) fn conv_image(
+/// The convolutions `out = conv(x, w) (+ b)` of a block of n images, `[n, C_out, H, W]` from
+/// `x: [n, C_in, H, W]`, for a geometry that [`applies`], with the kernel's transform `u`
+/// ([`kernel_transform`]): 16 gemms over the tiles of all the images. `work` is resized as
+/// needed and its contents are not read.
+pub(super) fn conv_block(
     geom: &ConvGeom,
     (u, bias): (&[f32], Option<&[f32]>),
     x: &[f32],
@@ -65,28 +70,35 @@ pub(super) fn conv_image(
     out: &mut [f32],
 ) {
     debug_assert!(applies(geom));
-    let (th, tw) = tiles(geom);
-    let n_tiles = th * tw;
     let (c_in, c_out) = (geom.c_in, geom.c_out);
-    let scratch = scratch_len(geom);
-    work.resize(scratch + POINTS * n_tiles * (c_in + c_out), 0.0);
-    let (scratch, rest) = work.split_at_mut(scratch);
-    let (v, m) = rest.split_at_mut(POINTS * c_in * n_tiles);
-    transform_input(geom, x, scratch, v);
-    for (m, (u, v)) in m.chunks_exact_mut(c_out * n_tiles).zip(
-        u.chunks_exact(c_out * c_in)
-            .zip(v.chunks_exact(c_in * n_tiles)),
-    ) {
-        gemm_into(m, (u, false), (v, false), c_out, c_in, n_tiles, false);
+    let n = x.len() / (c_in * geom.plane_in());
+    let columns = n * tile_count(geom);
+    let sizes = [
+        scratch_len(geom),
+        POINTS * c_in * columns,
+        POINTS * c_out * columns,
+    ];
+    let [scratch, v, m] = split_work(work, sizes);
+    for (image, x) in x.chunks_exact(c_in * geom.plane_in()).enumerate() {
+        transform_input(geom, x, (image, n), scratch, v);
     }
-    transform_output(geom, m, bias, out);
+    for (m, (u, v)) in m.chunks_exact_mut(c_out * columns).zip(
+        u.chunks_exact(c_out * c_in)
+            .zip(v.chunks_exact(c_in * columns)),
+    ) {
+        gemm_into(m, (u, false), (v, false), c_out, c_in, columns, false);
+    }
+    for (image, out) in out.chunks_exact_mut(c_out * geom.plane_out()).enumerate() {
+        transform_output(geom, m, (image, n), bias, out);
+    }
 }
 
 /// ∂W += Σ over the images of g ⋆ x, the gradient of a loss with output adjoints
 /// `g: [n, C_out, H, W]` with respect to the `[C_out, C_in, 3, 3]` kernel `gw` of the
 /// convolution `geom` (which [`applies`]) of the inputs `x: [n, C_in, H, W]`. In the
-/// transformed domain it is 16 gemms per image, ∂U += (A ḡ Aᵀ) (Bᵀ d B)ᵀ over the tiles,
-/// and ∂W = Gᵀ ∂U G once at the end. `work` is resized as needed; its contents are not read.
+/// transformed domain it is 16 gemms over the tiles of all the images,
+/// ∂U = (A ḡ Aᵀ) (Bᵀ d B)ᵀ, then ∂W += Gᵀ ∂U G. `work` is resized as needed; its contents
+/// are not read.
 pub(super) fn add_kernel_gradient(
     geom: &ConvGeom,
     (g, x): (&[f32], &[f32]),
@@ -94,29 +106,31 @@ pub(super) fn add_kernel_gradient(
     work: &mut Vec<f32>,
 ) {
     debug_assert!(applies(geom));
-    let (th, tw) = tiles(geom);
-    let n_tiles = th * tw;
     let (c_in, c_out) = (geom.c_in, geom.c_out);
-    let kernels = POINTS * c_out * c_in;
-    let scratch = scratch_len(geom);
-    work.resize(kernels + scratch + POINTS * n_tiles * (c_in + c_out), 0.0);
-    let (du, rest) = work.split_at_mut(kernels);
-    let (scratch, rest) = rest.split_at_mut(scratch);
-    let (v, m) = rest.split_at_mut(POINTS * c_in * n_tiles);
-    let images = g
+    let n = x.len() / (c_in * geom.plane_in());
+    let columns = n * tile_count(geom);
+    let kernels = c_out * c_in;
+    let sizes = [
+        POINTS * kernels,
+        scratch_len(geom),
+        POINTS * c_in * columns,
+        POINTS * c_out * columns,
+    ];
+    let [du, scratch, v, m] = split_work(work, sizes);
+    let pairs = g
         .chunks_exact(c_out * geom.plane_out())
         .zip(x.chunks_exact(c_in * geom.plane_in()));
-    for (image, (g, x)) in images.enumerate() {
-        transform_input(geom, x, scratch, v);
-        transform_output_adjoint(geom, g, scratch, m);
-        for (du, (m, v)) in du.chunks_exact_mut(c_out * c_in).zip(
-            m.chunks_exact(c_out * n_tiles)
-                .zip(v.chunks_exact(c_in * n_tiles)),
-        ) {
-            gemm_into(du, (m, false), (v, true), c_out, n_tiles, c_in, image > 0);
-        }
+    for (image, (g, x)) in pairs.enumerate() {
+        transform_input(geom, x, (image, n), scratch, v);
+        transform_output_adjoint(geom, g, (image, n), scratch, m);
     }
-    add_kernel_transform_adjoint(du, c_out * c_in, gw);
+    for (du, (m, v)) in du.chunks_exact_mut(kernels).zip(
+        m.chunks_exact(c_out * columns)
+            .zip(v.chunks_exact(c_in * columns)),
+    ) {
+        gemm_into(du, (m, false), (v, true), c_out, columns, c_in, false);
+    }
+    add_kernel_transform_adjoint(du, kernels, gw);
 }
 
 /// gw += Gᵀ ∂U G for every kernel: the adjoint of [`kernel_transform`], from
@@ -166,6 +180,23 @@ fn gt_rows<const N: usize>(rows: &mut [[f32; N]], [i, j, k]: [usize; 3]) -> [&mu
     [&mut head[i], &mut mid[0], &mut tail[0]]
 }
 
+/// `work` resized to hold parts of the lengths `lens` (its contents kept), split into them.
+fn split_work<const N: usize>(work: &mut Vec<f32>, lens: [usize; N]) -> [&mut [f32]; N] {
+    work.resize(lens.iter().sum(), 0.0);
+    let mut rest = &mut work[..];
+    lens.map(|len| {
+        let (part, tail) = std::mem::take(&mut rest).split_at_mut(len);
+        rest = tail;
+        part
+    })
+}
+
+/// Tiles per image: ⌈H/2⌉·⌈W/2⌉.
+fn tile_count(geom: &ConvGeom) -> usize {
+    let (th, tw) = tiles(geom);
+    th * tw
+}
+
 /// The work values [`transform_input`] and [`transform_output_adjoint`] take besides their
 /// outputs.
 fn scratch_len(geom: &ConvGeom) -> usize {
@@ -192,9 +223,9 @@ macro_rules! avx2_dispatch {
     };
 }
 
-avx2_dispatch!(transform_input => input_transform(geom: &ConvGeom, x: &[f32], scratch: &mut [f32], v: &mut [f32]));
-avx2_dispatch!(transform_output => output_transform(geom: &ConvGeom, m: &[f32], bias: Option<&[f32]>, out: &mut [f32]));
-avx2_dispatch!(transform_output_adjoint => output_adjoint(geom: &ConvGeom, g: &[f32], scratch: &mut [f32], m: &mut [f32]));
+avx2_dispatch!(transform_input => input_transform(geom: &ConvGeom, x: &[f32], slot: (usize, usize), scratch: &mut [f32], v: &mut [f32]));
+avx2_dispatch!(transform_output => output_transform(geom: &ConvGeom, m: &[f32], slot: (usize, usize), bias: Option<&[f32]>, out: &mut [f32]));
+avx2_dispatch!(transform_output_adjoint => output_adjoint(geom: &ConvGeom, g: &[f32], slot: (usize, usize), scratch: &mut [f32], m: &mut [f32]));
 
 /// Bᵀ d B of every tile into `v: [16, C_in, tiles]`, one channel at a time, in flat passes
 /// over a split copy of the channel (rows of `tw = ⌈W/2⌉` values, `⌈H/2⌉ + 1` rows per
@@ -209,13 +240,19 @@ avx2_dispatch!(transform_output_adjoint => output_adjoint(geom: &ConvGeom, g: &[
 /// 3. Bᵀ(d B) down the tile rows, flat over all tiles: tile row k reads padded rows 2k … 2k + 3,
 ///    the rows k and k + 1 of both classes.
 #[inline(always)]
-fn input_transform(geom: &ConvGeom, x: &[f32], scratch: &mut [f32], v: &mut [f32]) {
+fn input_transform(
+    geom: &ConvGeom,
+    x: &[f32],
+    (image, images): (usize, usize),
+    scratch: &mut [f32],
+    v: &mut [f32],
+) {
     let (th, tw) = tiles(geom);
     let (h, w) = (geom.h_in, geom.w_in);
     let n_tiles = th * tw;
     let class = (th + 1) * tw;
     let split = 2 * class;
-    let point = geom.c_in * n_tiles;
+    let point = geom.c_in * images * n_tiles;
     let (odd_cols, rest) = scratch.split_at_mut(split + 1);
     let (even_cols, columns) = rest.split_at_mut(split);
     odd_cols[split] = 0.0;
@@ -241,7 +278,12 @@ fn input_transform(geom: &ConvGeom, x: &[f32], scratch: &mut [f32], v: &mut [f32
                 &even_rows[tw..],
                 &odd_rows[tw..],
             ];
-            let [v0, v1, v2, v3] = four_rows(v, b * point + c * n_tiles, 4 * point, n_tiles);
+            let [v0, v1, v2, v3] = four_rows(
+                v,
+                b * point + (c * images + image) * n_tiles,
+                4 * point,
+                n_tiles,
+            );
             let [d0, d1, d2, d3] = d.map(|d| &d[..n_tiles]);
             for t in 0..n_tiles {
                 v0[t] = d0[t] - d2[t];
@@ -312,16 +354,22 @@ fn four_rows(v: &mut [f32], start: usize, stride: usize, len: usize) -> [&mut [f
 /// output (the odd sides' extra row and column dropped): flat over the tiles into the four
 /// outputs of each, then interleaved into the rows.
 #[inline(always)]
-fn output_transform(geom: &ConvGeom, m: &[f32], bias: Option<&[f32]>, out: &mut [f32]) {
+fn output_transform(
+    geom: &ConvGeom,
+    m: &[f32],
+    (image, images): (usize, usize),
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+) {
     let (th, tw) = tiles(geom);
     let (h, w) = (geom.h_out, geom.w_out);
     let n_tiles = th * tw;
-    let point = geom.c_out * n_tiles;
+    let point = geom.c_out * images * n_tiles;
     let mut y = vec![0.0f32; 4 * n_tiles];
     let mut s = vec![0.0f32; 8 * n_tiles];
     for (o, plane) in out.chunks_exact_mut(h * w).enumerate() {
         let b_o = bias.map_or(0.0, |b| b[o]);
-        let at = |p: usize| &m[p * point + o * n_tiles..][..n_tiles];
+        let at = |p: usize| &m[p * point + (o * images + image) * n_tiles..][..n_tiles];
         // Aᵀ m: rows 0 and 1 of each column b, at s[b] and s[4 + b]
         let (row0s, row1s) = s.split_at_mut(4 * n_tiles);
         let [s0, s1, s2, s3] = four_rows(row0s, 0, n_tiles, n_tiles);
@@ -374,11 +422,17 @@ fn output_transform(geom: &ConvGeom, m: &[f32], bias: Option<&[f32]>, out: &mut 
 /// channel the adjoint is split into the even and odd columns of its even and odd rows
 /// (ḡ₀₀, ḡ₀₁, ḡ₁₀, ḡ₁₁ of every tile, flat over the tiles, in `scratch`), then combined.
 #[inline(always)]
-fn output_adjoint(geom: &ConvGeom, g: &[f32], scratch: &mut [f32], m: &mut [f32]) {
+fn output_adjoint(
+    geom: &ConvGeom,
+    g: &[f32],
+    (image, images): (usize, usize),
+    scratch: &mut [f32],
+    m: &mut [f32],
+) {
     let (th, tw) = tiles(geom);
     let (h, w) = (geom.h_out, geom.w_out);
     let n_tiles = th * tw;
-    let point = geom.c_out * n_tiles;
+    let point = geom.c_out * images * n_tiles;
     for (o, plane) in g.chunks_exact(h * w).enumerate() {
         let [g00, g01, g10, g11] = four_rows(scratch, 0, n_tiles, n_tiles);
         for (r, row) in plane.chunks_exact(w).enumerate() {
@@ -402,7 +456,12 @@ fn output_adjoint(geom: &ConvGeom, g: &[f32], scratch: &mut [f32], m: &mut [f32]
         // A ḡ: rows (ḡ₀, ḡ₀ + ḡ₁, ḡ₀ − ḡ₁, −ḡ₁); then each row (r₀, r₁) times Aᵀ:
         // (r₀, r₀ + r₁, r₀ − r₁, −r₁)
         for a in 0..4 {
-            let [m0, m1, m2, m3] = four_rows(m, 4 * a * point + o * n_tiles, point, n_tiles);
+            let [m0, m1, m2, m3] = four_rows(
+                m,
+                4 * a * point + (o * images + image) * n_tiles,
+                point,
+                n_tiles,
+            );
             for t in 0..n_tiles {
                 let (r0, r1) = match a {
                     0 => (g00[t], g01[t]),
@@ -472,7 +531,7 @@ mod tests {
     }
 
     /// Winograd against the im2col convolution, with and without bias, on even, odd and
-    /// one-pixel sides, over a NaN-filled output and work buffer.
+    /// one-pixel sides, for a block of two images, over a NaN-filled output and work buffer.
     #[test]
     fn winograd_convolution_equals_the_im2col_convolution() {
         for (c_in, c_out, h, w) in [
@@ -485,18 +544,24 @@ mod tests {
             let geom = ConvGeom::new(c_in, c_out, 3, 1, 1, h, w);
             assert!(applies(&geom));
             let (x, k, b) = (
-                values(c_in * h * w, 1),
+                values(2 * c_in * h * w, 1),
                 values(c_out * c_in * 9, 2),
                 values(c_out, 3),
             );
             let u = kernel_transform(&k, c_out, c_in);
             for bias in [None, Some(&b[..])] {
-                let mut want = vec![f32::NAN; c_out * h * w];
-                geom.conv_image((&k, bias), &x, &mut Vec::new(), &mut want);
+                // two images: the block's gemms span both
+                let mut want = vec![f32::NAN; 2 * c_out * h * w];
+                for (x, want) in x
+                    .chunks_exact(c_in * h * w)
+                    .zip(want.chunks_exact_mut(c_out * h * w))
+                {
+                    geom.conv_image((&k, bias), x, &mut Vec::new(), want);
+                }
                 // a dirty work buffer larger than needed: no stale value may be read
                 let mut work = vec![f32::NAN; 20_000];
-                let mut got = vec![f32::NAN; c_out * h * w];
-                conv_image(&geom, (&u, bias), &x, &mut work, &mut got);
+                let mut got = vec![f32::NAN; 2 * c_out * h * w];
+                conv_block(&geom, (&u, bias), &x, &mut work, &mut got);
                 for (i, (g, w)) in got.iter().zip(&want).enumerate() {
                     assert!(
                         (g - w).abs() <= 1e-5 * (1.0 + w.abs()),
