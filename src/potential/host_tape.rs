@@ -12,7 +12,7 @@ use std::sync::{Arc, OnceLock};
 
 use super::host_mlp::{activate, fast_exp, gemm_into};
 use super::host_ops::{lane_dot, lane_sum, ConvGeom};
-use super::host_winograd;
+use super::host_winograd::{self, WinogradKernel};
 use super::tape::NORM_EPS;
 use super::Activation;
 
@@ -42,28 +42,28 @@ impl HostVar {
 pub(crate) type HostParams = Arc<ParamStore>;
 
 /// The parameters of a network as f32 values (indexed like a slice), with the kernels its
-/// convolutions apply made once when first needed: the flipped kernels of stride-1
-/// convolutions (their transposes) and the Winograd forms of 3×3 ones.
+/// convolutions apply made once when first needed: the Winograd forms of 3×3 stride-1 pad-1
+/// kernels (which also serve their transposes) and the flipped kernels of other stride-1
+/// convolutions (their transposes).
 pub(crate) struct ParamStore {
     values: Vec<Vec<f32>>,
     flipped: Vec<OnceLock<Vec<f32>>>,
-    /// Per parameter: the Winograd form of the kernel and of its flipped kernel.
-    winograd: Vec<[OnceLock<Vec<f32>>; 2]>,
+    winograd: Vec<OnceLock<Vec<f32>>>,
 }
 
-/// The kernel a convolution applies: a `[C_out, C_in·k²]` weight for im2col + gemm, or the
-/// Winograd form of a 3×3 one ([`host_winograd::kernel_transform`]).
+/// The kernel a convolution applies: a `[C_out, C_in·k²]` weight for im2col + gemm, or a 3×3
+/// one in Winograd form.
 #[derive(Clone, Copy)]
 enum Kernel<'a> {
     Direct(&'a [f32]),
-    Winograd(&'a [f32]),
+    Winograd(WinogradKernel<'a>),
 }
 
 impl ParamStore {
     /// A store of `values`, in canonical order.
     pub fn new(values: Vec<Vec<f32>>) -> Self {
         let flipped = values.iter().map(|_| OnceLock::new()).collect();
-        let winograd = values.iter().map(|_| Default::default()).collect();
+        let winograd = values.iter().map(|_| OnceLock::new()).collect();
         Self {
             values,
             flipped,
@@ -75,22 +75,20 @@ impl ParamStore {
     /// kernel of its transpose, for stride 1), in Winograd form where `geom` is a 3×3,
     /// stride-1, pad-1 convolution (and so is its transpose).
     fn kernel(&self, weight: usize, geom: &ConvGeom, flipped: bool) -> Kernel<'_> {
-        let w = if flipped {
+        if host_winograd::applies(geom) {
+            let u = self.winograd[weight].get_or_init(|| {
+                host_winograd::kernel_transform(&self.values[weight], geom.c_out, geom.c_in)
+            });
+            return Kernel::Winograd(WinogradKernel {
+                u,
+                transposed: flipped,
+            });
+        }
+        Kernel::Direct(if flipped {
             self.flipped(weight, geom)
         } else {
             &self.values[weight]
-        };
-        if !host_winograd::applies(geom) {
-            return Kernel::Direct(w);
-        }
-        let (c_out, c_in) = if flipped {
-            (geom.c_in, geom.c_out)
-        } else {
-            (geom.c_out, geom.c_in)
-        };
-        let form = self.winograd[weight][usize::from(flipped)]
-            .get_or_init(|| host_winograd::kernel_transform(w, c_out, c_in));
-        Kernel::Winograd(form)
+        })
     }
 
     /// The kernel of convolution `geom` whose weight is parameter `weight`, flipped in space

@@ -58,13 +58,38 @@ fn tiles(geom: &ConvGeom) -> (usize, usize) {
     (geom.h_out.div_ceil(2), geom.w_out.div_ceil(2))
 }
 
+/// A kernel in Winograd form, `u` from [`kernel_transform`], applied as it is or, `transposed`,
+/// as the kernel of the transposed convolution (flipped in space, channel axes swapped; for
+/// `geom` the transposed convolution's geometry). G·rot180(g)·Gᵀ is G g Gᵀ with the points
+/// 0 and 3 of each axis swapped (G J = P G for the tap reversal J), so one form serves both.
+#[derive(Clone, Copy)]
+pub(super) struct WinogradKernel<'a> {
+    pub u: &'a [f32],
+    pub transposed: bool,
+}
+
+impl WinogradKernel<'_> {
+    /// Point ξ of the kernel applied: `[C_out, C_in]` values, read transposed when
+    /// `self.transposed` (then they are point P(ξ) of `u`, `[C_in, C_out]` of the forward
+    /// convolution).
+    fn point(&self, xi: usize, plane: usize) -> &[f32] {
+        const SWAP_ENDS: [usize; 4] = [3, 1, 2, 0];
+        let source = if self.transposed {
+            4 * SWAP_ENDS[xi / 4] + SWAP_ENDS[xi % 4]
+        } else {
+            xi
+        };
+        &self.u[source * plane..(source + 1) * plane]
+    }
+}
+
 /// The convolutions `out = conv(x, w) (+ b)` of a block of n images, `[n, C_out, H, W]` from
-/// `x: [n, C_in, H, W]`, for a geometry that [`applies`], with the kernel's transform `u`
-/// ([`kernel_transform`]): 16 gemms over the tiles of all the images. `work` is resized as
+/// `x: [n, C_in, H, W]`, for a geometry that [`applies`], with the kernel in Winograd form:
+/// 16 gemms over the tiles of all the images. `work` is resized as
 /// needed and its contents are not read.
 pub(super) fn conv_block(
     geom: &ConvGeom,
-    (u, bias): (&[f32], Option<&[f32]>),
+    (kernel, bias): (WinogradKernel<'_>, Option<&[f32]>),
     x: &[f32],
     work: &mut Vec<f32>,
     out: &mut [f32],
@@ -82,11 +107,12 @@ pub(super) fn conv_block(
     for (image, x) in x.chunks_exact(c_in * geom.plane_in()).enumerate() {
         transform_input(geom, x, (image, n), scratch, v);
     }
-    for (m, (u, v)) in m.chunks_exact_mut(c_out * columns).zip(
-        u.chunks_exact(c_out * c_in)
-            .zip(v.chunks_exact(c_in * columns)),
-    ) {
-        gemm_into(m, (u, false), (v, false), c_out, c_in, columns, false);
+    let points = m
+        .chunks_exact_mut(c_out * columns)
+        .zip(v.chunks_exact(c_in * columns));
+    for (xi, (m, v)) in points.enumerate() {
+        let u = (kernel.point(xi, c_out * c_in), kernel.transposed);
+        gemm_into(m, u, (v, false), c_out, c_in, columns, false);
     }
     for (image, out) in out.chunks_exact_mut(c_out * geom.plane_out()).enumerate() {
         transform_output(geom, m, (image, n), bias, out);
@@ -488,6 +514,47 @@ mod tests {
             .collect()
     }
 
+    /// The transposed kernel (U read at swapped points, transposed) against the explicitly
+    /// flipped kernel through im2col.
+    #[test]
+    fn transposed_winograd_kernel_is_the_flipped_kernel() {
+        for (c_in, c_out, h, w) in [(3, 5, 8, 8), (4, 2, 7, 5), (17, 16, 5, 3)] {
+            // the forward convolution c_in → c_out; its transpose maps c_out → c_in
+            let k = values(c_out * c_in * 9, 7);
+            let mut flipped = vec![0.0; k.len()];
+            for o in 0..c_out {
+                for i in 0..c_in {
+                    for t in 0..9 {
+                        flipped[(i * c_out + o) * 9 + t] = k[(o * c_in + i) * 9 + 8 - t];
+                    }
+                }
+            }
+            let geom = ConvGeom::new(c_out, c_in, 3, 1, 1, h, w);
+            let x = values(c_out * h * w, 8);
+            let mut want = vec![f32::NAN; c_in * h * w];
+            geom.conv_image((&flipped, None), &x, &mut Vec::new(), &mut want);
+            let u = kernel_transform(&k, c_out, c_in);
+            let kernel = WinogradKernel {
+                u: &u,
+                transposed: true,
+            };
+            let mut got = vec![f32::NAN; c_in * h * w];
+            conv_block(
+                &geom,
+                (kernel, None),
+                &x,
+                &mut vec![f32::NAN; 20_000],
+                &mut got,
+            );
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert!(
+                    (g - w).abs() <= 1e-5 * (1.0 + w.abs()),
+                    "{c_in}<-{c_out} at {i}: {g} vs {w}"
+                );
+            }
+        }
+    }
+
     /// The Winograd kernel gradient of two images against Σ g · patchesᵀ (im2col), added
     /// to a non-zero gradient, over a NaN-filled work buffer.
     #[test]
@@ -561,7 +628,11 @@ mod tests {
                 // a dirty work buffer larger than needed: no stale value may be read
                 let mut work = vec![f32::NAN; 20_000];
                 let mut got = vec![f32::NAN; 2 * c_out * h * w];
-                conv_block(&geom, (&u, bias), &x, &mut work, &mut got);
+                let kernel = WinogradKernel {
+                    u: &u,
+                    transposed: false,
+                };
+                conv_block(&geom, (kernel, bias), &x, &mut work, &mut got);
                 for (i, (g, w)) in got.iter().zip(&want).enumerate() {
                     assert!(
                         (g - w).abs() <= 1e-5 * (1.0 + w.abs()),
