@@ -8,7 +8,7 @@
 //! `[B, 1, N, E]`, heads `[B, H, N, d]`. A reshape is free (the same buffer under new dims).
 //! Every op's value and input gradient equal the tensor tape's (tests at the end of this file).
 
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use super::host_mlp::{activate, fast_exp, gemm_into};
 use super::host_ops::{lane_dot, lane_sum, ConvGeom};
@@ -77,7 +77,10 @@ impl ParamStore {
     fn kernel(&self, weight: usize, geom: &ConvGeom, flipped: bool) -> Kernel<'_> {
         if host_winograd::applies(geom) {
             let u = self.winograd[weight].get_or_init(|| {
-                host_winograd::kernel_transform(&self.values[weight], geom.c_out, geom.c_in)
+                let mut u = spare_form(16 * geom.c_out * geom.c_in);
+                let w = &self.values[weight];
+                host_winograd::kernel_transform(w, geom.c_out, geom.c_in, &mut u);
+                u
             });
             return Kernel::Winograd(WinogradKernel {
                 u,
@@ -108,6 +111,40 @@ impl ParamStore {
             }
             f
         })
+    }
+}
+
+/// The Winograd forms of dropped stores, for the next stores' (each training step makes a new
+/// store, and CIFAR-10's forms are 335 MB of page faults when fresh).
+static SPARE_FORMS: Mutex<Vec<Vec<f32>>> = Mutex::new(Vec::new());
+
+/// Most buffers [`SPARE_FORMS`] keeps.
+const MAX_SPARE_FORMS: usize = 1024;
+
+/// A spare Winograd-form buffer for `len` values: the smallest that holds them, else the
+/// largest (or a new one).
+fn spare_form(len: usize) -> Vec<f32> {
+    let Ok(mut pool) = SPARE_FORMS.lock() else {
+        return Vec::new();
+    };
+    let fits = (0..pool.len())
+        .filter(|&i| pool[i].capacity() >= len)
+        .min_by_key(|&i| pool[i].capacity());
+    let pick = fits.or_else(|| (0..pool.len()).max_by_key(|&i| pool[i].capacity()));
+    pick.map_or_else(Vec::new, |i| pool.swap_remove(i))
+}
+
+impl Drop for ParamStore {
+    fn drop(&mut self) {
+        if let Ok(mut pool) = SPARE_FORMS.lock() {
+            let room = MAX_SPARE_FORMS.saturating_sub(pool.len());
+            pool.extend(
+                self.winograd
+                    .iter_mut()
+                    .filter_map(OnceLock::take)
+                    .take(room),
+            );
+        }
     }
 }
 

@@ -33,11 +33,12 @@ pub(super) fn pays_for_kernel_gradient(geom: &ConvGeom, images: usize) -> bool {
     applies(geom) && images * th * tw >= 16
 }
 
-/// G g Gᵀ for every kernel `g` of `w: [C_out, C_in, 3, 3]`: `[16, C_out, C_in]`.
-pub(super) fn kernel_transform(w: &[f32], c_out: usize, c_in: usize) -> Vec<f32> {
+/// G g Gᵀ for every kernel `g` of `w: [C_out, C_in, 3, 3]` into `u: [16, C_out, C_in]`
+/// (resized; every value written).
+pub(super) fn kernel_transform(w: &[f32], c_out: usize, c_in: usize, u: &mut Vec<f32>) {
     assert_eq!(w.len(), c_out * c_in * 9, "a [C_out, C_in, 3, 3] kernel");
     let plane = c_out * c_in;
-    let mut u = vec![0.0; POINTS * plane];
+    u.resize(POINTS * plane, 0.0);
     // G's rows applied to a triple (a, b, c)
     let g_rows = |a: f32, b: f32, c: f32| [a, 0.5 * (a + b + c), 0.5 * (a - b + c), c];
     for (oc, g) in w.chunks_exact(9).enumerate() {
@@ -50,7 +51,6 @@ pub(super) fn kernel_transform(w: &[f32], c_out: usize, c_in: usize) -> Vec<f32>
             }
         }
     }
-    u
 }
 
 /// The tile grid of a geometry: (rows, columns) of 2×2 output tiles.
@@ -508,6 +508,12 @@ fn output_adjoint(
 mod tests {
     use super::*;
 
+    fn transformed(w: &[f32], c_out: usize, c_in: usize) -> Vec<f32> {
+        let mut u = vec![f32::NAN; 5];
+        kernel_transform(w, c_out, c_in, &mut u);
+        u
+    }
+
     fn values(n: usize, salt: usize) -> Vec<f32> {
         (0..n)
             .map(|i| (((i * 7919 + salt * 104_729) % 1000) as f32 / 500.0) - 1.0)
@@ -533,7 +539,7 @@ mod tests {
             let x = values(c_out * h * w, 8);
             let mut want = vec![f32::NAN; c_in * h * w];
             geom.conv_image((&flipped, None), &x, &mut Vec::new(), &mut want);
-            let u = kernel_transform(&k, c_out, c_in);
+            let u = transformed(&k, c_out, c_in);
             let kernel = WinogradKernel {
                 u: &u,
                 transposed: true,
@@ -615,7 +621,7 @@ mod tests {
                 values(c_out * c_in * 9, 2),
                 values(c_out, 3),
             );
-            let u = kernel_transform(&k, c_out, c_in);
+            let u = transformed(&k, c_out, c_in);
             for bias in [None, Some(&b[..])] {
                 // two images: the block's gemms span both
                 let mut want = vec![f32::NAN; 2 * c_out * h * w];

@@ -228,6 +228,12 @@ static SPARE_BUFFERS: Mutex<Vec<Buffers>> = Mutex::new(Vec::new());
 /// Most buffer sets kept for reuse (training steps stream their blocks, a few at a time).
 const MAX_SPARE_BUFFERS: usize = 16;
 
+/// Spent block gradients (one buffer per parameter, by index), reused by the next blocks'
+/// sweeps — also those of the next training steps, whose `HostUNetVit` is new (a fresh
+/// gradient of the CIFAR-10 network is 188 MB of page faults): at most one set per thread. A
+/// set of another network's shapes is only capacity (`ParamGrads` resizes what it reuses).
+static SPARE_GRADS: Mutex<Vec<Vec<Option<Vec<f32>>>>> = Mutex::new(Vec::new());
+
 /// The f32 host form of a [`UNetVit`]: V and ∇ₓV on host-tape kernels (samplers, Langevin
 /// chains), and the parameter gradient of a training loss on them by reverse mode over
 /// forward mode ([`FusedBackprop`]), with no autodiff. Each image is computed on its own (the
@@ -239,9 +245,6 @@ pub struct HostUNetVit {
     params: HostParams,
     /// Images per pass.
     block: usize,
-    /// Spent block gradients (one buffer per parameter), reused by the next blocks' sweeps:
-    /// at most one set per thread.
-    spare_grads: Mutex<Vec<Vec<Option<Vec<f32>>>>>,
 }
 
 /// One block of images recorded for a training step: the tape of its pass, V and ∇ₓV.
@@ -300,7 +303,6 @@ impl HostUNetVit {
             net: skeleton,
             params: Arc::new(ParamStore::new(params)),
             block,
-            spare_grads: Mutex::new(Vec::new()),
         }
     }
 
@@ -423,7 +425,7 @@ impl FusedBackprop for HostUNetVit {
                 .map(|[_, slope, _]| *slope)
                 .collect::<Vec<f32>>()
         });
-        let spares = self.spare_grads.lock().ok().and_then(|mut pool| pool.pop());
+        let spares = SPARE_GRADS.lock().ok().and_then(|mut pool| pool.pop());
         let mut grads = ParamGrads::new(self.params.len(), spares.unwrap_or_default());
         tape.param_gradient(
             (&block.input, &block.out),
@@ -441,7 +443,7 @@ impl FusedBackprop for HostUNetVit {
         if spent.iter().all(Option::is_none) {
             return;
         }
-        if let Ok(mut pool) = self.spare_grads.lock() {
+        if let Ok(mut pool) = SPARE_GRADS.lock() {
             if pool.len() < rayon::current_num_threads().max(1) {
                 pool.push(spent);
             }
