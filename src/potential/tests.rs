@@ -713,6 +713,36 @@ fn host_unet_vit_matches_the_tensor_network() {
 }
 
 #[test]
+fn host_unet_vit_results_do_not_depend_on_how_rows_are_split_into_calls() {
+    // a block's Winograd gemms span its images: each image's ∇ₓV must still be its own, bit
+    // for bit, whether it shares a block with others or not (thread counts split rows apart)
+    let mnist_like = UNetVitConfig {
+        base_channels: 4,
+        head_channels: 4,
+        groups: 2,
+        embed_dim: 8,
+        vit_layers: 1,
+        ff_mult: 2,
+        ..UNetVitConfig::default()
+    };
+    let m = randomized(mnist_like.init(3.0, None, 9, &cpu(), P).unwrap());
+    let host = HostUNetVit::new(&m);
+    let (b, d) = (6, m.dim());
+    let x: Vec<f32> = randn(b * d, 47).iter().map(|&v| v as f32).collect();
+    let mut scratch = crate::sampler::Scratch::default();
+    let mut together = vec![0.0f32; b * d];
+    host.grad(&x, b, &mut together, &mut scratch);
+    for (row, want) in x.chunks_exact(d).zip(together.chunks_exact(d)) {
+        let mut alone = vec![0.0f32; d];
+        host.grad(row, 1, &mut alone, &mut scratch);
+        assert!(alone
+            .iter()
+            .zip(want)
+            .all(|(a, w)| a.to_bits() == w.to_bits()));
+    }
+}
+
+#[test]
 fn fused_unet_vit_backprop_equals_autodiff_over_the_explicit_gradient() {
     // 6 images: a full host block and a partial one. Without the clamp a loss on ∇ₓV alone
     // gives no gradient to the energy head's bias nor to the shift of the norm before it (they
