@@ -456,15 +456,29 @@ impl HostTape {
     /// y = x ⊙ γ + β with γ and β broadcast from their shapes.
     pub fn scale_shift(&mut self, x: &HostVar, gamma: Option<Affine>, beta: Affine) -> HostVar {
         let mut y = self.buffers.take(x.len());
-        y.copy_from_slice(self.value(x));
-        let params = &self.params;
-        for_each_row(x.dims, |row, p_row| {
-            let y = &mut y[row];
-            if let Some(g) = gamma {
-                broadcast_row(&params[g.index], g.shape, p_row, y, |y, g| *y *= g);
+        let (params, v) = (&self.params, &self.values[x.id]);
+        let per_channel = |a: &Affine| a.shape == [1, x.dims[1], 1, 1];
+        if gamma.as_ref().is_none_or(per_channel) && per_channel(&beta) {
+            // one pass per channel plane (the UNet's norms): y = γ_c x + β_c
+            let plane = x.dims[2] * x.dims[3];
+            let gammas = gamma.map(|g| &params[g.index][..]);
+            let betas = &params[beta.index];
+            let planes = y.chunks_exact_mut(plane).zip(v.chunks_exact(plane));
+            for (i, (y, v)) in planes.enumerate() {
+                let c = i % x.dims[1];
+                let (g, b) = (gammas.map_or(1.0, |g| g[c]), betas[c]);
+                y.iter_mut().zip(v).for_each(|(y, v)| *y = g * v + b);
             }
-            broadcast_row(&params[beta.index], beta.shape, p_row, y, |y, b| *y += b);
-        });
+        } else {
+            y.copy_from_slice(v);
+            for_each_row(x.dims, |row, p_row| {
+                let y = &mut y[row];
+                if let Some(g) = gamma {
+                    broadcast_row(&params[g.index], g.shape, p_row, y, |y, g| *y *= g);
+                }
+                broadcast_row(&params[beta.index], beta.shape, p_row, y, |y, b| *y += b);
+            });
+        }
         let op = Op::ScaleShift {
             x: x.id,
             dims: x.dims,
@@ -680,13 +694,25 @@ impl HostTape {
 
     /// g ⊙ γ (γ broadcast over a value of shape `dims`; a copy of g without γ).
     fn times_gamma(&mut self, g: &[f32], dims: [usize; 4], gamma: Option<Affine>) -> Vec<f32> {
-        let mut gx = self.copy(g);
-        if let Some(gamma) = gamma {
-            let values = &self.params[gamma.index];
-            for_each_row(dims, |row, p_row| {
-                broadcast_row(values, gamma.shape, p_row, &mut gx[row], |y, g| *y *= g);
-            });
+        let Some(gamma) = gamma else {
+            return self.copy(g);
+        };
+        let mut gx = self.buffers.take(g.len());
+        let values = &self.params[gamma.index];
+        if gamma.shape == [1, dims[1], 1, 1] {
+            // one pass per channel plane (the UNet's norms)
+            let plane = dims[2] * dims[3];
+            let planes = gx.chunks_exact_mut(plane).zip(g.chunks_exact(plane));
+            for (i, (y, g)) in planes.enumerate() {
+                let c = values[i % dims[1]];
+                y.iter_mut().zip(g).for_each(|(y, g)| *y = g * c);
+            }
+            return gx;
         }
+        gx.copy_from_slice(g);
+        for_each_row(dims, |row, p_row| {
+            broadcast_row(values, gamma.shape, p_row, &mut gx[row], |y, g| *y *= g);
+        });
         gx
     }
 
