@@ -26,8 +26,8 @@ pub(super) fn applies(geom: &ConvGeom) -> bool {
 
 /// Whether [`add_kernel_gradient`] beats im2col for the kernel gradient of `images` images
 /// of `geom`: it [`applies`] and they have at least 16 tiles in all (below that, the
-/// transforms' fixed cost per kernel outweighs the fewer multiplications: 0.5× on CIFAR-10's
-/// 4×4 maps, one tile row per image; 1.06× at 16 tiles, 1.4–2.3× beyond).
+/// transforms' fixed cost per kernel outweighs the fewer multiplications: 0.5× the speed of
+/// im2col on CIFAR-10's 4×4 maps, 4 tiles per image; 1.06× at 16 tiles, 1.4–2.3× beyond).
 pub(super) fn pays_for_kernel_gradient(geom: &ConvGeom, images: usize) -> bool {
     let (th, tw) = tiles(geom);
     applies(geom) && images * th * tw >= 16
@@ -85,8 +85,8 @@ impl WinogradKernel<'_> {
 
 /// The convolutions `out = conv(x, w) (+ b)` of a block of n images, `[n, C_out, H, W]` from
 /// `x: [n, C_in, H, W]`, for a geometry that [`applies`], with the kernel in Winograd form:
-/// 16 gemms over the tiles of all the images. `work` is resized as
-/// needed and its contents are not read.
+/// 16 gemms over the tiles of all the images. `work` is resized as needed and its contents
+/// are not read.
 pub(super) fn conv_block(
     geom: &ConvGeom,
     (kernel, bias): (WinogradKernel<'_>, Option<&[f32]>),
@@ -253,12 +253,12 @@ avx2_dispatch!(transform_input => input_transform(geom: &ConvGeom, x: &[f32], sl
 avx2_dispatch!(transform_output => output_transform(geom: &ConvGeom, m: &[f32], slot: (usize, usize), bias: Option<&[f32]>, out: &mut [f32]));
 avx2_dispatch!(transform_output_adjoint => output_adjoint(geom: &ConvGeom, g: &[f32], slot: (usize, usize), scratch: &mut [f32], m: &mut [f32]));
 
-/// Bᵀ d B of every tile into `v: [16, C_in, tiles]`, one channel at a time, in flat passes
-/// over a split copy of the channel (rows of `tw = ⌈W/2⌉` values, `⌈H/2⌉ + 1` rows per
-/// class):
-/// 1. Each padded input row r (input row r − 1, zero outside) is split into its even
-///    columns `O[t] = x[2t]` and odd ones `E[t] = x[2t + 1]` (zero outside), stored by row
-///    parity: class r mod 2, row r / 2. Tile t of the row has the columns
+/// Bᵀ d B of every tile of one image into its slot `image` of a block of `images` in
+/// `v: [16, C_in, images·tiles]`, one channel at a time, in flat passes over a split copy of
+/// the channel (rows of `tw = ⌈W/2⌉` values, `⌈H/2⌉ + 1` rows per class):
+/// 1. Each padded input row r (input row r − 1, zero outside) is split into `O[t] = x[2t]`
+///    and `E[t] = x[2t + 1]` (the padded row's odd and even columns; zero outside), stored by
+///    row parity: class r mod 2, row r / 2. Tile t of the row has the columns
 ///    x[2t − 1], x[2t], x[2t + 1], x[2t + 2] = E[t − 1], O[t], E[t], O[t + 1].
 /// 2. d B, the four column combinations of every tile column, flat over the rows (the
 ///    shifted reads E[t − 1] and O[t + 1] are fixed up at the row ends, where they are
@@ -376,9 +376,10 @@ fn four_rows(v: &mut [f32], start: usize, stride: usize, len: usize) -> [&mut [f
     ]
 }
 
-/// Aᵀ m A (+ b) of every tile's product `m: [16, C_out, tiles]` into the `[C_out, H, W]`
-/// output (the odd sides' extra row and column dropped): flat over the tiles into the four
-/// outputs of each, then interleaved into the rows.
+/// Aᵀ m A (+ b) of every tile's product, read from slot `image` of a block of `images` in
+/// `m: [16, C_out, images·tiles]`, into one image's `[C_out, H, W]` output (the odd sides'
+/// extra row and column dropped): flat over the tiles into the four outputs of each, then
+/// interleaved into the rows.
 #[inline(always)]
 fn output_transform(
     geom: &ConvGeom,
@@ -443,8 +444,9 @@ fn output_transform(
     }
 }
 
-/// A ḡ Aᵀ of every tile's output adjoint ḡ (2×2, zero past odd sides) into
-/// `m: [16, C_out, tiles]`: the adjoint of [`output_transform`] (without the bias). Per
+/// A ḡ Aᵀ of every tile's output adjoint ḡ (2×2, zero past odd sides) of one image into its
+/// slot `image` of a block of `images` in `m: [16, C_out, images·tiles]`: the adjoint of
+/// [`output_transform`] (without the bias). Per
 /// channel the adjoint is split into the even and odd columns of its even and odd rows
 /// (ḡ₀₀, ḡ₀₁, ḡ₁₀, ḡ₁₁ of every tile, flat over the tiles, in `scratch`), then combined.
 #[inline(always)]
