@@ -446,9 +446,9 @@ fn output_transform(
 
 /// A ḡ Aᵀ of every tile's output adjoint ḡ (2×2, zero past odd sides) of one image into its
 /// slot `image` of a block of `images` in `m: [16, C_out, images·tiles]`: the adjoint of
-/// [`output_transform`] (without the bias). Per
-/// channel the adjoint is split into the even and odd columns of its even and odd rows
-/// (ḡ₀₀, ḡ₀₁, ḡ₁₀, ḡ₁₁ of every tile, flat over the tiles, in `scratch`), then combined.
+/// [`output_transform`] (without the bias). Per channel the adjoint is split into the even
+/// and odd columns of its even and odd rows (ḡ₀₀, ḡ₀₁, ḡ₁₀, ḡ₁₁ of every tile, flat over the
+/// tiles, in `scratch`), then combined.
 #[inline(always)]
 fn output_adjoint(
     geom: &ConvGeom,
@@ -510,6 +510,27 @@ fn output_adjoint(
 mod tests {
     use super::*;
 
+    /// (C_in, C_out, H, W): even, odd and one-pixel sides, and 17 × 16 kernels (more than one
+    /// chunk of the kernel transform's adjoint).
+    const SHAPES: [(usize, usize, usize, usize); 6] = [
+        (3, 5, 8, 8),
+        (4, 2, 7, 5),
+        (2, 3, 1, 1),
+        (5, 4, 1, 6),
+        (6, 7, 9, 2),
+        (17, 16, 5, 3),
+    ];
+
+    /// |got − want| ≤ tol·(1 + |want|) entry by entry.
+    fn assert_close(got: &[f32], want: &[f32], tol: f32, label: &str) {
+        for (i, (g, w)) in got.iter().zip(want).enumerate() {
+            assert!(
+                (g - w).abs() <= tol * (1.0 + w.abs()),
+                "{label} at {i}: {g} vs {w}"
+            );
+        }
+    }
+
     fn transformed(w: &[f32], c_out: usize, c_in: usize) -> Vec<f32> {
         let mut u = vec![f32::NAN; 5];
         kernel_transform(w, c_out, c_in, &mut u);
@@ -526,7 +547,7 @@ mod tests {
     /// flipped kernel through im2col.
     #[test]
     fn transposed_winograd_kernel_is_the_flipped_kernel() {
-        for (c_in, c_out, h, w) in [(3, 5, 8, 8), (4, 2, 7, 5), (17, 16, 5, 3)] {
+        for (c_in, c_out, h, w) in SHAPES {
             // the forward convolution c_in → c_out; its transpose maps c_out → c_in
             let k = values(c_out * c_in * 9, 7);
             let mut flipped = vec![0.0; k.len()];
@@ -554,12 +575,7 @@ mod tests {
                 &mut vec![f32::NAN; 20_000],
                 &mut got,
             );
-            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-                assert!(
-                    (g - w).abs() <= 1e-5 * (1.0 + w.abs()),
-                    "{c_in}<-{c_out} at {i}: {g} vs {w}"
-                );
-            }
+            assert_close(&got, &want, 1e-5, &format!("{c_in}<-{c_out}"));
         }
     }
 
@@ -567,14 +583,7 @@ mod tests {
     /// to a non-zero gradient, over a NaN-filled work buffer.
     #[test]
     fn winograd_kernel_gradient_equals_the_im2col_product() {
-        // 17 × 16 kernels: more than one chunk of the kernel transform's adjoint
-        for (c_in, c_out, h, w) in [
-            (3, 5, 8, 8),
-            (4, 2, 7, 5),
-            (2, 3, 1, 1),
-            (6, 7, 9, 2),
-            (17, 16, 5, 3),
-        ] {
+        for (c_in, c_out, h, w) in SHAPES {
             let geom = ConvGeom::new(c_in, c_out, 3, 1, 1, h, w);
             let n = 2;
             let (x, g) = (values(n * c_in * h * w, 4), values(n * c_out * h * w, 5));
@@ -596,12 +605,7 @@ mod tests {
             let mut got = start;
             let mut work = vec![f32::NAN; 20_000];
             add_kernel_gradient(&geom, (&g, &x), &mut got, &mut work);
-            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-                assert!(
-                    (g - w).abs() <= 1e-4 * (1.0 + w.abs()),
-                    "{c_in}->{c_out} {h}x{w} at {i}: {g} vs {w}"
-                );
-            }
+            assert_close(&got, &want, 1e-4, &format!("{c_in}->{c_out} {h}x{w}"));
         }
     }
 
@@ -609,13 +613,7 @@ mod tests {
     /// one-pixel sides, for a block of two images, over a NaN-filled output and work buffer.
     #[test]
     fn winograd_convolution_equals_the_im2col_convolution() {
-        for (c_in, c_out, h, w) in [
-            (3, 5, 8, 8),
-            (4, 2, 7, 5),
-            (2, 3, 1, 1),
-            (5, 4, 1, 6),
-            (6, 7, 9, 2),
-        ] {
+        for (c_in, c_out, h, w) in SHAPES {
             let geom = ConvGeom::new(c_in, c_out, 3, 1, 1, h, w);
             assert!(applies(&geom));
             let (x, k, b) = (
@@ -641,12 +639,7 @@ mod tests {
                     transposed: false,
                 };
                 conv_block(&geom, (kernel, bias), &x, &mut work, &mut got);
-                for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-                    assert!(
-                        (g - w).abs() <= 1e-5 * (1.0 + w.abs()),
-                        "{c_in}->{c_out} {h}x{w} at {i}: {g} vs {w}"
-                    );
-                }
+                assert_close(&got, &want, 1e-5, &format!("{c_in}->{c_out} {h}x{w}"));
             }
         }
     }

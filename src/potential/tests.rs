@@ -688,11 +688,9 @@ fn randomized(mut m: UNetVit) -> UNetVit {
     m
 }
 
-#[test]
-fn host_unet_vit_matches_the_tensor_network() {
-    // the tiny network, and one in the MNIST geometry (28×28 → 14 → 7, attention at 14×14,
-    // 49 patches of 4×4); 10 images: two full host blocks of 4 and a partial one. Tolerance: the
-    // f32 tensor network itself is 3e-5 (of the largest value) from the f64 one on the latter
+/// A narrow network in the MNIST geometry (28×28 → 14 → 7, attention at 14×14, 49 patches of
+/// 4×4) with randomized parameters.
+fn mnist_like_unet_vit() -> UNetVit {
     let mnist_like = UNetVitConfig {
         base_channels: 4,
         head_channels: 4,
@@ -702,10 +700,18 @@ fn host_unet_vit_matches_the_tensor_network() {
         ff_mult: 2,
         ..UNetVitConfig::default()
     };
+    randomized(mnist_like.init(3.0, None, 9, &cpu(), P).unwrap())
+}
+
+#[test]
+fn host_unet_vit_matches_the_tensor_network() {
+    // the tiny network, and one in the MNIST geometry (28×28 → 14 → 7, attention at 14×14,
+    // 49 patches of 4×4); 10 images: two full host blocks of 4 and a partial one. Tolerance: the
+    // f32 tensor network itself is 3e-5 (of the largest value) from the f64 one on the latter
     let nets = [
         small_unet_vit(None),
         small_unet_vit(Some(0.9)),
-        randomized(mnist_like.init(3.0, None, 9, &cpu(), P).unwrap()),
+        mnist_like_unet_vit(),
     ];
     for m in &nets {
         check_field(m, &HostUNetVit::new(m), 10, 44, 2e-4);
@@ -716,16 +722,7 @@ fn host_unet_vit_matches_the_tensor_network() {
 fn host_unet_vit_results_do_not_depend_on_how_rows_are_split_into_calls() {
     // a block's Winograd gemms span its images: each image's ∇ₓV must still be its own, bit
     // for bit, whether it shares a block with others or not (thread counts split rows apart)
-    let mnist_like = UNetVitConfig {
-        base_channels: 4,
-        head_channels: 4,
-        groups: 2,
-        embed_dim: 8,
-        vit_layers: 1,
-        ff_mult: 2,
-        ..UNetVitConfig::default()
-    };
-    let m = randomized(mnist_like.init(3.0, None, 9, &cpu(), P).unwrap());
+    let m = mnist_like_unet_vit();
     let host = HostUNetVit::new(&m);
     let (b, d) = (6, m.dim());
     let x: Vec<f32> = randn(b * d, 47).iter().map(|&v| v as f32).collect();
