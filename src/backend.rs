@@ -188,6 +188,15 @@ pub fn to_f64_vec<const D: usize>(t: Tensor<D>) -> Vec<f64> {
         .expect("a float tensor converts to f64")
 }
 
+/// Reads a tensor's values as f32 (any float dtype; an f32 tensor's data is moved, not
+/// converted through f64 — the host kernels copy every parameter each training step).
+pub fn to_f32_vec<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .expect("a float tensor converts to f32")
+}
+
 /// Reads a `[n, dim]` tensor back into points (as f32).
 pub fn to_points(t: Tensor<2>) -> Result<Points> {
     let [n, d] = t.dims();

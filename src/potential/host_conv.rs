@@ -31,7 +31,7 @@ use super::host_backprop::{weights_and_biases, ChunkTape, FusedBackprop, Recorde
 use super::host_mlp::{activate, add_nt_product, gemm_into, Dense};
 use super::host_ops::{to_channel_major, to_row_major, ConvGeom};
 use super::{Activation, HostMlp, Model};
-use crate::backend::to_f64_vec;
+use crate::backend::to_f32_vec;
 use crate::sampler::{GradField, Scratch};
 use crate::Result;
 
@@ -119,12 +119,7 @@ impl HostConv {
     pub fn from_conv(net: &ConvNet) -> Result<Self> {
         let cfg = net.config();
         let head = net.head();
-        let mut flat = net.flat_params().into_iter().map(|t| {
-            to_f64_vec(t)
-                .into_iter()
-                .map(|v| v as f32)
-                .collect::<Vec<f32>>()
-        });
+        let mut flat = net.flat_params().into_iter().map(to_f32_vec);
         let mut next = || flat.next().expect("one tensor per parameter");
         let geometry = cfg.geometry();
         let layers: Vec<ConvLayer> = geometry

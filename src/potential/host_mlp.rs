@@ -4,7 +4,7 @@
 //! function and input gradient as the tensor path (tested against it).
 
 use super::{Activation, Mlp, Model};
-use crate::backend::to_f64_vec;
+use crate::backend::to_f32_vec;
 use crate::sampler::{GradField, Scratch};
 use crate::Result;
 
@@ -230,11 +230,7 @@ impl HostMlp {
     /// Copies the weights of `mlp` (any precision) into f32 host buffers.
     pub fn from_mlp(mlp: &Mlp) -> Result<Self> {
         let cfg = mlp.config();
-        let flat: Vec<Vec<f32>> = mlp
-            .flat_params()
-            .into_iter()
-            .map(|t| to_f64_vec(t).into_iter().map(|v| v as f32).collect())
-            .collect();
+        let flat: Vec<Vec<f32>> = mlp.flat_params().into_iter().map(to_f32_vec).collect();
         let shapes = cfg.layer_shapes();
         let mut hidden = Vec::new();
         for (l, &(fan_in, fan_out)) in shapes.iter().enumerate().take(shapes.len() - 1) {

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use burn::tensor::Device;
 
 use super::{Conv, Linear, Norm, UNetVit};
-use crate::backend::to_f64_vec;
+use crate::backend::to_f32_vec;
 use crate::potential::host_backprop::head_terms;
 use crate::potential::host_tape::{
     Affine, Buffers, HostParams, HostTape, HostVar, ParamGrads, ParamStore,
@@ -274,16 +274,7 @@ impl RecordedBlock for UNetVitBlock {
 impl HostUNetVit {
     /// f32 copies of the parameters of `net` (any precision).
     pub fn new(net: &UNetVit) -> Self {
-        let params: Vec<Vec<f32>> = net
-            .params
-            .iter()
-            .map(|p| {
-                to_f64_vec(p.clone())
-                    .into_iter()
-                    .map(|v| v as f32)
-                    .collect()
-            })
-            .collect();
+        let params: Vec<Vec<f32>> = net.params.iter().cloned().map(to_f32_vec).collect();
         let skeleton = UNetVit {
             config: net.config.clone(),
             output_scale: net.output_scale,
