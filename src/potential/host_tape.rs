@@ -121,17 +121,22 @@ static SPARE_FORMS: Mutex<Vec<Vec<f32>>> = Mutex::new(Vec::new());
 /// Most buffers [`SPARE_FORMS`] keeps.
 const MAX_SPARE_FORMS: usize = 1024;
 
-/// A spare Winograd-form buffer for `len` values: the smallest that holds them, else the
-/// largest (or a new one).
+/// A spare Winograd-form buffer for `len` values ([`best_fit`]).
 fn spare_form(len: usize) -> Vec<f32> {
-    let Ok(mut pool) = SPARE_FORMS.lock() else {
-        return Vec::new();
-    };
-    let fits = (0..pool.len())
-        .filter(|&i| pool[i].capacity() >= len)
-        .min_by_key(|&i| pool[i].capacity());
-    let pick = fits.or_else(|| (0..pool.len()).max_by_key(|&i| pool[i].capacity()));
-    pick.map_or_else(Vec::new, |i| pool.swap_remove(i))
+    SPARE_FORMS
+        .lock()
+        .map_or_else(|_| Vec::new(), |mut pool| best_fit(&mut pool, len))
+}
+
+/// Takes out of `spare` the smallest buffer whose capacity holds `len` values (so that the
+/// spares keep the sizes their users need rather than all growing to the largest), else the
+/// largest, else a new one; its length and contents are as they were.
+fn best_fit(spare: &mut Vec<Vec<f32>>, len: usize) -> Vec<f32> {
+    let fits = (0..spare.len())
+        .filter(|&i| spare[i].capacity() >= len)
+        .min_by_key(|&i| spare[i].capacity());
+    let pick = fits.or_else(|| (0..spare.len()).max_by_key(|&i| spare[i].capacity()));
+    pick.map_or_else(Vec::new, |i| spare.swap_remove(i))
 }
 
 impl Drop for ParamStore {
@@ -245,14 +250,9 @@ pub(crate) struct Buffers {
 
 impl Buffers {
     /// A buffer of `len` values with unspecified contents (every op writes all of its
-    /// output): the smallest spare one that holds `len` values (so that the spares keep the
-    /// sizes the passes need rather than all growing to the largest), else the largest.
+    /// output): the best-fitting spare one ([`best_fit`]).
     fn take(&mut self, len: usize) -> Vec<f32> {
-        let fits = (0..self.spare.len())
-            .filter(|&i| self.spare[i].capacity() >= len)
-            .min_by_key(|&i| self.spare[i].capacity());
-        let pick = fits.or_else(|| (0..self.spare.len()).max_by_key(|&i| self.spare[i].capacity()));
-        let mut v = pick.map_or_else(Vec::new, |i| self.spare.swap_remove(i));
+        let mut v = best_fit(&mut self.spare, len);
         // only a new tail is written
         v.resize(len, 0.0);
         v

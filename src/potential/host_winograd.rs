@@ -115,7 +115,7 @@ pub(super) fn conv_block(
         gemm_into(m, u, (v, false), c_out, c_in, columns, false);
     }
     for (image, out) in out.chunks_exact_mut(c_out * geom.plane_out()).enumerate() {
-        transform_output(geom, m, (image, n), bias, out);
+        transform_output(geom, m, (image, n), bias, scratch, out);
     }
 }
 
@@ -223,8 +223,9 @@ fn tile_count(geom: &ConvGeom) -> usize {
     th * tw
 }
 
-/// The work values [`transform_input`] and [`transform_output_adjoint`] take besides their
-/// outputs.
+/// The work values the transforms take besides their outputs: [`transform_input`]
+/// 12·(⌈H/2⌉ + 1)·⌈W/2⌉ + 1, [`transform_output`] 12 and [`transform_output_adjoint`] 4 per
+/// tile.
 fn scratch_len(geom: &ConvGeom) -> usize {
     let (th, tw) = tiles(geom);
     12 * (th + 1) * tw + 1
@@ -250,7 +251,7 @@ macro_rules! avx2_dispatch {
 }
 
 avx2_dispatch!(transform_input => input_transform(geom: &ConvGeom, x: &[f32], slot: (usize, usize), scratch: &mut [f32], v: &mut [f32]));
-avx2_dispatch!(transform_output => output_transform(geom: &ConvGeom, m: &[f32], slot: (usize, usize), bias: Option<&[f32]>, out: &mut [f32]));
+avx2_dispatch!(transform_output => output_transform(geom: &ConvGeom, m: &[f32], slot: (usize, usize), bias: Option<&[f32]>, scratch: &mut [f32], out: &mut [f32]));
 avx2_dispatch!(transform_output_adjoint => output_adjoint(geom: &ConvGeom, g: &[f32], slot: (usize, usize), scratch: &mut [f32], m: &mut [f32]));
 
 /// Bᵀ d B of every tile of one image into its slot `image` of a block of `images` in
@@ -378,22 +379,24 @@ fn four_rows(v: &mut [f32], start: usize, stride: usize, len: usize) -> [&mut [f
 
 /// Aᵀ m A (+ b) of every tile's product, read from slot `image` of a block of `images` in
 /// `m: [16, C_out, images·tiles]`, into one image's `[C_out, H, W]` output (the odd sides'
-/// extra row and column dropped): flat over the tiles into the four outputs of each, then
-/// interleaved into the rows.
+/// extra row and column dropped): flat over the tiles into the four outputs of each (in
+/// `scratch`), then interleaved into the rows.
 #[inline(always)]
 fn output_transform(
     geom: &ConvGeom,
     m: &[f32],
     (image, images): (usize, usize),
     bias: Option<&[f32]>,
+    scratch: &mut [f32],
     out: &mut [f32],
 ) {
     let (th, tw) = tiles(geom);
     let (h, w) = (geom.h_out, geom.w_out);
     let n_tiles = th * tw;
     let point = geom.c_out * images * n_tiles;
-    let mut y = vec![0.0f32; 4 * n_tiles];
-    let mut s = vec![0.0f32; 8 * n_tiles];
+    // Aᵀ m (8 rows) and the tiles' four outputs (4 rows), flat over the tiles
+    let (s, rest) = scratch.split_at_mut(8 * n_tiles);
+    let y = &mut rest[..4 * n_tiles];
     for (o, plane) in out.chunks_exact_mut(h * w).enumerate() {
         let b_o = bias.map_or(0.0, |b| b[o]);
         let at = |p: usize| &m[p * point + (o * images + image) * n_tiles..][..n_tiles];
@@ -412,7 +415,7 @@ fn output_transform(
             }
         }
         // (Aᵀ m) A: the tile's outputs (0, 0), (0, 1) from row 0, (1, 0), (1, 1) from row 1
-        let [y0, y1, y2, y3] = four_rows(&mut y, 0, n_tiles, n_tiles);
+        let [y0, y1, y2, y3] = four_rows(&mut *y, 0, n_tiles, n_tiles);
         for (i, (left, right)) in [(y0, y1), (y2, y3)].into_iter().enumerate() {
             let row = |b: usize| &s[(4 * i + b) * n_tiles..][..n_tiles];
             let (q0, q1, q2, q3) = (row(0), row(1), row(2), row(3));

@@ -420,15 +420,15 @@ impl HostTape {
         let gw = grads.slot(weight, self.params[weight].len());
         if host_winograd::pays_for_kernel_gradient(geom, g.len() / len_out) {
             host_winograd::add_kernel_gradient(geom, (g, v), gw, &mut self.work);
-            return self.transpose_conv(geom, weight, g);
+        } else {
+            let mut product = self.buffers.take(geom.c_out * geom.patch());
+            for (g, v) in g.chunks_exact(len_out).zip(v.chunks_exact(len_in)) {
+                let patches = geom.image_patches(v, &mut self.work);
+                let sizes = [geom.c_out, geom.plane_out(), geom.patch()];
+                add_nt_product(gw, (g, patches), sizes, &mut product);
+            }
+            self.buffers.give(product);
         }
-        let mut product = self.buffers.take(geom.c_out * geom.patch());
-        for (g, v) in g.chunks_exact(len_out).zip(v.chunks_exact(len_in)) {
-            let patches = geom.image_patches(v, &mut self.work);
-            let sizes = [geom.c_out, geom.plane_out(), geom.patch()];
-            add_nt_product(gw, (g, patches), sizes, &mut product);
-        }
-        self.buffers.give(product);
         self.transpose_conv(geom, weight, g)
     }
 
