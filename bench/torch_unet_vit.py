@@ -6,7 +6,7 @@ attention / LayerNorm / feed-forward rules mean what PyTorch means by them.
 
   python bench/torch_unet_vit.py fixture tests/fixtures/unet_vit_tiny.safetensors
       float64 weights, inputs, V and grad V of a tiny network (read by a Rust test)
-  python bench/torch_unet_vit.py bench --net mnist|cifar10|mnist_conv --batch B --threads T [--reps R]
+  python bench/torch_unet_vit.py bench --net mnist|cifar10|mnist_conv --batch B --threads T [--reps R] [--device cuda]
       median ms of a phase-1 step (forward, create_graph input gradient, flow loss, backward,
       Adam), a phase-2 step (+ Langevin negatives and the contrastive term), one grad V
       evaluation and one stochastic Heun sampler step, as `em bench --net` times them.
@@ -279,18 +279,24 @@ def fixture(path):
     print(f"wrote {path}: {len(net.order)} parameters, V = {v.detach().numpy()}")
 
 
-def median_ms(reps, f):
+def median_ms(reps, f, sync=lambda: None):
+    """Median wall-clock ms of `reps` calls after one warm-up; `sync` waits for queued device
+    work (torch.cuda.synchronize on a GPU), so each time covers the call's whole work."""
     f()
+    sync()
     times = []
     for _ in range(reps):
         t = time.perf_counter()
         f()
+        sync()
         times.append((time.perf_counter() - t) * 1e3)
     return float(np.median(times))
 
 
 def bench(args):
     torch.set_num_threads(args.threads)
+    dev = torch.device(args.device)
+    sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
     cfg = dict({"mnist": MNIST, "cifar10": CIFAR10, "mnist_conv": MNIST_CONV}[args.net])
     net = ConvEncoder(cfg) if args.net == "mnist_conv" else Twin(cfg)
     gen = torch.Generator().manual_seed(0)
@@ -300,14 +306,16 @@ def bench(args):
             if k.endswith("norm1.weight") or k.endswith("norm2.weight") or k.endswith("norm.weight"):
                 net.p(k).fill_(1.0)
         net.sync_encoder()
+    net.to(dev)
     params = [p for k, p in net.named_parameters()]
     opt = torch.optim.Adam(params, lr=1e-4, betas=(0.9, 0.95))
     b = args.batch
-    x0 = torch.randn(b, *cfg["image"], generator=gen)
-    x1 = torch.randn(b, *cfg["image"], generator=gen).clamp(-1, 1)
+    x0 = torch.randn(b, *cfg["image"], generator=gen).to(dev)
+    x1 = torch.randn(b, *cfg["image"], generator=gen).clamp(-1, 1).to(dev)
+    gen = torch.Generator(device=dev).manual_seed(1)  # draws inside the timed steps
 
     def phase1():
-        t = torch.rand(b, 1, 1, 1, generator=gen)
+        t = torch.rand(b, 1, 1, 1, generator=gen, device=dev)
         xt = ((1 - t) * x0 + t * x1).requires_grad_(True)
         (g,) = torch.autograd.grad(net(xt).sum(), xt, create_graph=True)
         loss = ((-g - (x1 - x0)) ** 2).mean()
@@ -326,9 +334,9 @@ def bench(args):
         x = x0.clone()
         dt, eps = cfg["gibbs_dt"], cfg["eps"]
         for _ in range(cfg["gibbs"]):
-            x = x - dt * grad_v(x) + math.sqrt(2 * eps * dt) * torch.randn(x.shape, generator=gen)
+            x = x - dt * grad_v(x) + math.sqrt(2 * eps * dt) * torch.randn(x.shape, generator=gen, device=dev)
         x = x.clamp(-1, 1)
-        t = torch.rand(b, 1, 1, 1, generator=gen)
+        t = torch.rand(b, 1, 1, 1, generator=gen, device=dev)
         xt = ((1 - t) * x0 + t * x1).requires_grad_(True)
         (g,) = torch.autograd.grad(net(xt).sum(), xt, create_graph=True)
         cd = torch.clamp(net(x1).mean() - net(x).mean(), min=-0.05)
@@ -341,7 +349,7 @@ def bench(args):
     def heun_step():
         # stochastic Euler–Heun at ε = eps, dt = 0.01
         dt, eps = 0.01, cfg["eps"]
-        noise = math.sqrt(2 * eps * dt) * torch.randn(x0.shape, generator=gen)
+        noise = math.sqrt(2 * eps * dt) * torch.randn(x0.shape, generator=gen, device=dev)
         g1 = grad_v(x0)
         pred = x0 - dt * g1 + noise
         g2 = grad_v(pred)
@@ -353,12 +361,13 @@ def bench(args):
     # implemented"), so the create_graph step needs the plain math kernel.
     from torch.nn.attention import SDPBackend, sdpa_kernel
     with sdpa_kernel(SDPBackend.MATH):
-        p1 = median_ms(args.reps, phase1)
-        p2 = median_ms(args.phase2_reps, phase2) if args.phase2_reps > 0 else None
-        gv = median_ms(args.reps, grad_v)
-        hs = median_ms(args.reps, heun_step)
+        p1 = median_ms(args.reps, phase1, sync)
+        p2 = median_ms(args.phase2_reps, phase2, sync) if args.phase2_reps > 0 else None
+        gv = median_ms(args.reps, grad_v, sync)
+        hs = median_ms(args.reps, heun_step, sync)
+    card = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
     print(json.dumps(dict(net=args.net, params=n_params, batch=b, threads=args.threads,
-                          phase1_ms=p1, phase2_ms=p2, grad_ms=gv, heun_step_ms=hs,
+                          device=card, phase1_ms=p1, phase2_ms=p2, grad_ms=gv, heun_step_ms=hs,
                           torch=torch.__version__)))
 
 
@@ -373,6 +382,7 @@ def main():
     b.add_argument("--threads", type=int, default=2)
     b.add_argument("--reps", type=int, default=5)
     b.add_argument("--phase2-reps", type=int, default=1)
+    b.add_argument("--device", default="cpu", help="cpu, or cuda / cuda:N for a GPU")
     a = ap.parse_args()
     if a.cmd == "fixture":
         fixture(a.path)

@@ -18,6 +18,11 @@ pub fn cpu() -> Device {
     Device::flex()
 }
 
+/// Whether `device` is the plain CPU device, where the host kernels beat burn's tensor ops.
+pub fn is_cpu(device: &Device) -> bool {
+    *device == Device::flex()
+}
+
 /// The same device with first-order autodiff enabled.
 pub fn cpu_autodiff() -> Device {
     Device::flex().autodiff()

@@ -346,6 +346,10 @@ impl Potential for ConvNet {
         self.config.image.numel()
     }
 
+    fn device(&self) -> Device {
+        self.params[0].device()
+    }
+
     fn energy(&self, x: Tensor<2>) -> Tensor<1> {
         let (_, out) = self.forward(x, false);
         let (v, _) = self.head.apply(out, false);

@@ -163,6 +163,10 @@ impl Potential for Mlp {
         self.config.dim
     }
 
+    fn device(&self) -> Device {
+        self.params[0].device()
+    }
+
     fn energy(&self, x: Tensor<2>) -> Tensor<1> {
         let n = self.num_layers();
         let mut h = x;

@@ -65,7 +65,7 @@ pub use network::{ModelConfig, ModelKind, Network};
 pub use quadratic::Quadratic;
 pub use unet_vit::{HostUNetVit, UNetVit, UNetVitConfig};
 
-use burn::tensor::{Gradients, Tensor};
+use burn::tensor::{Device, Gradients, Tensor};
 
 use crate::sampler::{GradField, TensorField};
 use crate::Result;
@@ -77,6 +77,9 @@ use crate::Result;
 pub trait Potential: Send + Sync {
     /// The input dimension D.
     fn dim(&self) -> usize;
+
+    /// The device its parameters live on, where its inputs must be too.
+    fn device(&self) -> Device;
 
     /// V(x) for each row of `x`.
     fn energy(&self, x: Tensor<2>) -> Tensor<1>;

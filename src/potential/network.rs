@@ -189,6 +189,10 @@ impl Potential for Network {
         each!(self, m => m.dim())
     }
 
+    fn device(&self) -> Device {
+        each!(self, m => m.device())
+    }
+
     fn energy(&self, x: Tensor<2>) -> Tensor<1> {
         each!(self, m => m.energy(x))
     }

@@ -29,6 +29,10 @@ impl Potential for Quadratic {
         self.mean.dims()[0]
     }
 
+    fn device(&self) -> Device {
+        self.mean.device()
+    }
+
     fn energy(&self, x: Tensor<2>) -> Tensor<1> {
         self.energy_and_grad(x).0
     }

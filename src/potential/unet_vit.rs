@@ -718,6 +718,10 @@ impl Potential for UNetVit {
         self.config.image.numel()
     }
 
+    fn device(&self) -> Device {
+        self.params[0].device()
+    }
+
     fn energy(&self, x: Tensor<2>) -> Tensor<1> {
         let (_, _, out) = self.forward(x);
         self.energies(&out, false).0
@@ -745,7 +749,7 @@ impl Model for UNetVit {
 
     /// On the CPU the host kernels ([`HostUNetVit`]); on a GPU the tensor tape.
     fn host_field(&self) -> Result<Box<dyn crate::sampler::GradField + '_>> {
-        if recorders::on_cpu(&self.params[0].device()) {
+        if crate::backend::is_cpu(&self.params[0].device()) {
             Ok(Box::new(HostUNetVit::new(self)))
         } else {
             Ok(Box::new(crate::sampler::TensorField {
@@ -758,7 +762,7 @@ impl Model for UNetVit {
     /// On the CPU the host kernels ([`HostUNetVit`]); on a GPU none (autodiff on the tensor
     /// tape).
     fn fused_backprop(&self) -> Result<Option<super::Fused>> {
-        let on_cpu = recorders::on_cpu(&self.params[0].device());
+        let on_cpu = crate::backend::is_cpu(&self.params[0].device());
         Ok(on_cpu.then(|| super::Fused::UNetVit(Box::new(HostUNetVit::new(self)))))
     }
 }

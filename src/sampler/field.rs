@@ -65,7 +65,7 @@ impl TensorField<'_> {
             x[..n * self.potential.dim()].to_vec(),
         )
         .expect("n·dim values");
-        from_points(&p, &crate::backend::compute(), self.precision)
+        from_points(&p, &self.potential.device(), self.precision)
     }
 }
 

@@ -312,7 +312,7 @@ impl<M: Model> Trainer<M> {
         flow_weight: f64,
         contrast: Option<(Points, Points)>,
     ) -> Evaluation {
-        let device = crate::backend::compute_autodiff();
+        let device = self.state.model.device().autodiff();
         let p = self.precision;
         let tracked = self.state.model.tracked();
         let flow = flow_loss(
@@ -410,7 +410,7 @@ impl<M: Model> Trainer<M> {
             add_grads(&mut grads, cd_grads);
             cd = Some(term);
         }
-        let device = crate::backend::compute();
+        let device = self.state.model.device();
         Evaluation {
             flow,
             cd,

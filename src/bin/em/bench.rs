@@ -8,7 +8,7 @@ use std::time::Instant;
 use anyhow::Result;
 use clap::Args;
 
-use energy_matching::backend::{compute, from_points, Precision};
+use energy_matching::backend::{compute, from_points, is_cpu, Precision};
 use energy_matching::config::RunConfig;
 use energy_matching::coupling::{assignment, sq_euclidean_cost};
 use energy_matching::data::Toy;
@@ -123,9 +123,14 @@ fn net_rows(path: &std::path::Path, a: &BenchArgs) -> Result<Rows> {
         ));
     }
     // ∇V as samplers and Langevin negatives evaluate it: the host field, one block per thread
+    // on the CPU; on a GPU backend one block, so the device sees the whole batch at once
     let field = model.host_field()?;
     let dim = model.dim();
-    let threads = rayon::current_num_threads().max(1);
+    let threads = if is_cpu(&compute()) {
+        rayon::current_num_threads().max(1)
+    } else {
+        1
+    };
     let block = a.batch.div_ceil(threads);
     let mut r = stream(3, Purpose::Eval, 0);
     let x = Toy::StandardNormal.sample(a.batch, dim, &mut r).into_vec();

@@ -9,8 +9,6 @@
 use std::cell::RefCell;
 use std::sync::{Arc, Mutex};
 
-use burn::tensor::Device;
-
 use super::{Conv, Linear, Norm, UNetVit};
 use crate::backend::to_f32_vec;
 use crate::potential::host_backprop::head_terms;
@@ -464,9 +462,4 @@ impl GradField for HostUNetVit {
     fn energy(&self, x: &[f32], n: usize, out: &mut [f32], _: &mut Scratch) {
         self.energy_grad(x, n, Some(out), None);
     }
-}
-
-/// Whether tensor work runs on the CPU (where the host kernels beat burn's).
-pub(super) fn on_cpu(device: &Device) -> bool {
-    *device == Device::flex()
 }
