@@ -8,8 +8,11 @@
 #
 #   OUT=/some/dir bash bench/gpu_session.sh
 #
-# Knobs (environment): CONFIG (configs/mnist_unet_vit.toml), DEVICE (wgpu), BATCH (128, the config's), TRAIN_S (seconds of training,
-# 240), SAMPLE_S (seconds of sampling, 120), MAX_SAMPLES (5000), REPS (5), PYTHON (python3).
+# Knobs (environment): CONFIG (configs/mnist_unet_vit.toml), DEVICE (wgpu), BATCH (128, the
+# config's), BUDGET_S (whole script, 540: a device call may run 600 s), TRAIN_S (seconds of
+# training, 180), SAMPLE_S (seconds of sampling, 90), MAX_SAMPLES (5000), REPS (5), PYTHON
+# (python3), TRAIN_SETS (more `key=value` overrides for `em train`, space-separated). Every stage's time limit is cut to what is left of BUDGET_S, and training to what
+# leaves room for sampling.
 # Under $OUT it leaves 6 files: summary.md (both benchmark tables, the training and sampling
 # figures, the MNIST classifier score), session.log, metrics.jsonl, samples.npy (at most 5,000:
 # a returned file must stay under 16 MiB), samples.png, and the final checkpoint's JSON sidecar
@@ -20,8 +23,9 @@ set -uo pipefail
 
 DEVICE="${DEVICE:-wgpu}"
 BATCH="${BATCH:-128}"
-TRAIN_S="${TRAIN_S:-240}"
-SAMPLE_S="${SAMPLE_S:-120}"
+BUDGET_S="${BUDGET_S:-540}"
+TRAIN_S="${TRAIN_S:-180}"
+SAMPLE_S="${SAMPLE_S:-90}"
 MAX_SAMPLES="${MAX_SAMPLES:-5000}"
 REPS="${REPS:-5}"
 PYTHON="${PYTHON:-python3}"
@@ -34,6 +38,10 @@ mkdir -p "$OUT"
 : >"$log"
 
 say() { echo "$*" >>"$summary"; }
+started=$(date +%s)
+# seconds a stage may take: $1, or what is left of BUDGET_S less $2 (kept for later stages)
+cap() { local left=$((BUDGET_S - ($(date +%s) - started) - ${2:-0}))
+    [ "$left" -lt "$1" ] && echo $((left > 5 ? left : 5)) || echo "$1"; }
 stage() { echo "== $* ($(date +%T))" | tee -a "$log"; }
 
 # --- the machine: Vulkan loader, the NVIDIA driver's ICD, the binary, the data -------------------
@@ -62,7 +70,7 @@ say "- Vulkan ICD: ${VK_DRIVER_FILES:-${VK_ICD_FILENAMES:-loader default}}"
 
 # --- 1. em's benchmark rows on the GPU backend ---------------------------------------------------
 stage "em bench"
-timeout 240 "$em" --quiet --device "$DEVICE" bench --net "$CONFIG" --batch "$BATCH" --reps "$REPS" \
+timeout "$(cap $((BUDGET_S * 28 / 100)) $((BUDGET_S * 55 / 100)))" "$em" --quiet --device "$DEVICE" bench --net "$CONFIG" --batch "$BATCH" --reps "$REPS" \
     --phase2-reps 1 >"$work/em_bench.md" 2>>"$log"
 echo "em bench exit $?" >>"$log"
 say ""
@@ -80,12 +88,13 @@ fits() { awk -v r="${rate:-0}" -v s="$1" -v m="$MAX_SAMPLES" 'BEGIN {
 stage "torch bench"
 say ""
 say "## PyTorch (cuda)"
-timeout 240 "$PYTHON" bench/torch_unet_vit.py bench --net mnist --batch "$BATCH" --reps "$REPS" \
+timeout "$(cap $((BUDGET_S * 22 / 100)) $((BUDGET_S * 45 / 100)))" "$PYTHON" bench/torch_unet_vit.py bench --net mnist --batch "$BATCH" --reps "$REPS" \
     --phase2-reps 1 --device cuda >>"$summary" 2>>"$log"
 echo "torch bench exit $?" >>"$log"
 
 # --- 3. train for about TRAIN_S seconds: 3/4 phase 1, 1/4 phase 2 --------------------------------
 if [ -n "$p1_ms" ] && [ -n "$p2_ms" ]; then
+    TRAIN_S="$(cap "$TRAIN_S" $((SAMPLE_S + 60)))"
     read -r n1 n2 warm ema <<<"$(awk -v t="$TRAIN_S" -v a="$p1_ms" -v b="$p2_ms" 'BEGIN {
         n1 = int(0.75 * t * 1000 / a); if (n1 < 10) n1 = 10;
         n2 = int(0.25 * t * 1000 / b); if (n2 < 1) n2 = 1;
@@ -94,10 +103,11 @@ if [ -n "$p1_ms" ] && [ -n "$p2_ms" ]; then
         print n1, n2, w, e }')"
     stage "train: $n1 phase-1 + $n2 phase-2 steps"
     t0=$(date +%s.%N)
-    timeout $((TRAIN_S * 2 + 120)) "$em" --quiet --device "$DEVICE" train --config "$CONFIG" \
+    timeout "$(cap $((TRAIN_S * 2 + 60)) $((SAMPLE_S / 2 + 20)))" "$em" --quiet --device "$DEVICE" train --config "$CONFIG" \
         --out "$work/run" --set "train.phase1_steps=$n1" --set "train.phase2_steps=$n2" \
         --set "optim.warmup_steps=$warm" --set "optim.ema_decay_phase1=$ema" \
         --set "train.batch_size=$BATCH" --set "eval.samples=$(fits 20)" --set "log.checkpoint_every=1000000" \
+        $(for kv in ${TRAIN_SETS:-}; do printf -- '--set %s ' "$kv"; done) \
         >>"$log" 2>&1
     echo "train exit $?" >>"$log"
     t1=$(date +%s.%N)
@@ -109,10 +119,11 @@ if [ -n "$p1_ms" ] && [ -n "$p2_ms" ]; then
     cp "$work/run/checkpoints/final.json" "$OUT/" 2>>"$log"  # the weights (30 MB) stay there
 
     # --- 4. samples for FID: as many as SAMPLE_S seconds allow at the measured rate --------------
+    SAMPLE_S="$(cap "$SAMPLE_S" 20)"
     n="$(fits "$SAMPLE_S")"
     stage "sample $n"
     t0=$(date +%s.%N)
-    timeout $((SAMPLE_S * 2 + 60)) "$em" --quiet --device "$DEVICE" sample --run "$work/run" --n "$n" \
+    timeout "$(cap $((SAMPLE_S * 2 + 30)) 10)" "$em" --quiet --device "$DEVICE" sample --run "$work/run" --n "$n" \
         --out "$OUT/samples.npy" >"$work/sample.txt" 2>>"$log"
     echo "sample exit $?" >>"$log"
     t1=$(date +%s.%N)
@@ -120,7 +131,7 @@ if [ -n "$p1_ms" ] && [ -n "$p2_ms" ]; then
     if [ -f gpu/mnist-classifier.safetensors ]; then
         stage "classifier score"
         say '```'
-        timeout 120 "$em" --quiet classifier-score --weights gpu/mnist-classifier.safetensors \
+        timeout "$(cap 60)" "$em" --quiet classifier-score --weights gpu/mnist-classifier.safetensors \
             --samples "$OUT/samples.npy" --ref mnist-test:data/mnist >>"$summary" 2>>"$log"
         say '```'
     fi

@@ -291,3 +291,37 @@ fn fused_host_mlp_matches_the_tensor_mlp() {
         }
     }
 }
+
+/// A tensor field evaluates a long call in blocks of `TENSOR_FIELD_ROWS` rows (a GPU cannot
+/// bind one UNet feature map of thousands of images): every row still gets its own V and ∇V.
+#[test]
+fn tensor_field_blocks_cover_every_row_of_a_long_call() {
+    let q = quad();
+    let field = TensorField {
+        potential: &q,
+        precision: Precision::F64,
+    };
+    let n = 2 * super::field::TENSOR_FIELD_ROWS + 3;
+    let mut r = crate::rng::stream(4, crate::rng::Purpose::Eval, 0);
+    let x: Vec<f32> = (0..2 * n).map(|_| normal(&mut r) as f32).collect();
+    let (mut g, mut v) = (vec![f32::NAN; 2 * n], vec![f32::NAN; n]);
+    field.grad(&x, n, &mut g, &mut Scratch::default());
+    field.energy(&x, n, &mut v, &mut Scratch::default());
+    for (i, row) in x.chunks(2).enumerate() {
+        let (d0, d1) = (row[0] as f64 - 1.0, row[1] as f64 + 2.0);
+        let want_g = [2.0 * d0, 0.5 * d1];
+        let want_v = 0.5 * (2.0 * d0 * d0 + 0.5 * d1 * d1);
+        for k in 0..2 {
+            assert!(
+                (g[2 * i + k] as f64 - want_g[k]).abs() < 1e-5,
+                "row {i}: ∇V {:?}",
+                &g[2 * i..2 * i + 2]
+            );
+        }
+        assert!(
+            (v[i] as f64 - want_v).abs() < 1e-4 * want_v.max(1.0),
+            "row {i}: V {} vs {want_v}",
+            v[i]
+        );
+    }
+}
