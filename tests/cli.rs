@@ -1,6 +1,8 @@
 //! End-to-end tests of the `em` binary on tiny configs: run directories, resume, sampling,
 //! evaluation, plots, and clear errors for bad input.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -497,24 +499,7 @@ fn an_image_run_trains_a_conv_potential_and_writes_sample_grids() {
 fn unet_vit_and_pixel_mlp_potentials_train_on_images() {
     let d = tempfile::tempdir().unwrap();
     write_tiny_images(d.path(), 24);
-    let unet_vit = r#"
-[model]
-kind = "unet_vit"
-output_scale = 2.0
-[model.unet_vit]
-image = { channels = 1, height = 6, width = 6 }
-base_channels = 4
-channel_mult = [1, 2]
-res_blocks = 1
-attention_resolutions = [3]
-head_channels = 4
-groups = 2
-patch = 3
-embed_dim = 8
-vit_layers = 1
-vit_heads = 2
-ff_mult = 2
-"#;
+    let unet_vit = common::TINY_UNET_VIT;
     let mlp = r#"
 [model]
 kind = "mlp"

@@ -8,6 +8,8 @@
 //! this file to nothing.
 #![cfg(feature = "wgpu")]
 
+mod common;
+
 use burn::tensor::Device;
 use energy_matching::backend::{cpu, to_f64_vec, vector_f32, Accelerator, Precision};
 use energy_matching::config::RunConfig;
@@ -32,24 +34,7 @@ fn config(dir: &std::path::Path) -> RunConfig {
     std::fs::write(&data, rows.join("\n")).unwrap();
     let toml = format!(
         r#"
-[model]
-kind = "unet_vit"
-output_scale = 2.0
-energy_clamp = 6.0
-[model.unet_vit]
-image = {{ channels = 1, height = 6, width = 6 }}
-base_channels = 4
-channel_mult = [1, 2]
-res_blocks = 1
-attention_resolutions = [3]
-head_channels = 4
-groups = 2
-patch = 3
-embed_dim = 8
-vit_layers = 1
-vit_heads = 2
-ff_mult = 2
-[data]
+{model}[data]
 target = "{}"
 source = "standard_normal"
 [train]
@@ -67,7 +52,11 @@ n_gibbs = 3
 dt = 0.025
 clamp = [-1.0, 1.0]
 "#,
-        data.display()
+        data.display(),
+        model = common::TINY_UNET_VIT.replace(
+            "output_scale = 2.0",
+            "output_scale = 2.0\nenergy_clamp = 6.0"
+        ),
     );
     RunConfig::from_toml_str(&toml, &[]).unwrap()
 }
