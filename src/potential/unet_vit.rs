@@ -749,7 +749,7 @@ impl Model for UNetVit {
 
     /// On the CPU the host kernels ([`HostUNetVit`]); on a GPU the tensor tape.
     fn host_field(&self) -> Result<Box<dyn crate::sampler::GradField + '_>> {
-        if crate::backend::is_cpu(&self.params[0].device()) {
+        if crate::backend::is_cpu(&self.device()) {
             Ok(Box::new(HostUNetVit::new(self)))
         } else {
             Ok(Box::new(crate::sampler::TensorField {
@@ -762,7 +762,7 @@ impl Model for UNetVit {
     /// On the CPU the host kernels ([`HostUNetVit`]); on a GPU none (autodiff on the tensor
     /// tape).
     fn fused_backprop(&self) -> Result<Option<super::Fused>> {
-        let on_cpu = crate::backend::is_cpu(&self.params[0].device());
+        let on_cpu = crate::backend::is_cpu(&self.device());
         Ok(on_cpu.then(|| super::Fused::UNetVit(Box::new(HostUNetVit::new(self)))))
     }
 }
