@@ -459,16 +459,8 @@ impl HostTape {
         let (params, v) = (&self.params, &self.values[x.id]);
         let per_channel = |a: &Affine| a.shape == [1, x.dims[1], 1, 1];
         if gamma.as_ref().is_none_or(per_channel) && per_channel(&beta) {
-            // one pass per channel plane (the UNet's norms): y = γ_c x + β_c
-            let plane = x.dims[2] * x.dims[3];
             let gammas = gamma.map(|g| &params[g.index][..]);
-            let betas = &params[beta.index];
-            let planes = y.chunks_exact_mut(plane).zip(v.chunks_exact(plane));
-            for (i, (y, v)) in planes.enumerate() {
-                let c = i % x.dims[1];
-                let (g, b) = (gammas.map_or(1.0, |g| g[c]), betas[c]);
-                y.iter_mut().zip(v).for_each(|(y, v)| *y = g * v + b);
-            }
+            channel_affine(x.dims, v, gammas, Some(&params[beta.index]), &mut y);
         } else {
             y.copy_from_slice(v);
             for_each_row(x.dims, |row, p_row| {
@@ -700,13 +692,7 @@ impl HostTape {
         let mut gx = self.buffers.take(g.len());
         let values = &self.params[gamma.index];
         if gamma.shape == [1, dims[1], 1, 1] {
-            // one pass per channel plane (the UNet's norms)
-            let plane = dims[2] * dims[3];
-            let planes = gx.chunks_exact_mut(plane).zip(g.chunks_exact(plane));
-            for (i, (y, g)) in planes.enumerate() {
-                let c = values[i % dims[1]];
-                y.iter_mut().zip(g).for_each(|(y, g)| *y = g * c);
-            }
+            channel_affine(dims, g, Some(values), None, &mut gx);
             return gx;
         }
         gx.copy_from_slice(g);
@@ -903,6 +889,27 @@ fn softmax_jacobian(g: &[f32], y: &[f32], width: usize, out: &mut [f32]) {
         let dot = lane_dot(gr, yr);
         for ((o, &gv), &yv) in out.iter_mut().zip(gr).zip(yr) {
             *o = yv * (gv - dot);
+        }
+    }
+}
+
+/// y = γ_c x + β_c on every channel plane of `x: dims`, in one pass per plane (the UNet's
+/// norms' per-channel affine and its γ backward); an absent γ is 1, an absent β 0.
+fn channel_affine(
+    dims: [usize; 4],
+    x: &[f32],
+    gamma: Option<&[f32]>,
+    beta: Option<&[f32]>,
+    y: &mut [f32],
+) {
+    let plane = dims[2] * dims[3];
+    let planes = y.chunks_exact_mut(plane).zip(x.chunks_exact(plane));
+    for (i, (y, x)) in planes.enumerate() {
+        let c = i % dims[1];
+        let g = gamma.map_or(1.0, |g| g[c]);
+        match beta.map(|b| b[c]) {
+            Some(b) => y.iter_mut().zip(x).for_each(|(y, x)| *y = g * x + b),
+            None => y.iter_mut().zip(x).for_each(|(y, x)| *y = x * g),
         }
     }
 }

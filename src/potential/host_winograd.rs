@@ -29,8 +29,7 @@ pub(super) fn applies(geom: &ConvGeom) -> bool {
 /// transforms' fixed cost per kernel outweighs the fewer multiplications: 0.5× the speed of
 /// im2col on CIFAR-10's 4×4 maps, 4 tiles per image; 1.06× at 16 tiles, 1.4–2.3× beyond).
 pub(super) fn pays_for_kernel_gradient(geom: &ConvGeom, images: usize) -> bool {
-    let (th, tw) = tiles(geom);
-    applies(geom) && images * th * tw >= 16
+    applies(geom) && images * tile_count(geom) >= 16
 }
 
 /// G g Gᵀ for every kernel `g` of `w: [C_out, C_in, 3, 3]` into `u: [16, C_out, C_in]`
