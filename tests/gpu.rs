@@ -15,9 +15,7 @@ use energy_matching::backend::{cpu, to_f64_vec, vector_f32, Accelerator, Precisi
 use energy_matching::config::RunConfig;
 use energy_matching::potential::{Model, Network, Potential};
 use energy_matching::rng::{normal, stream, Purpose};
-use energy_matching::run::trainer_for;
 use energy_matching::sampler::Scratch;
-use energy_matching::train::{StepStats, Trainer};
 
 /// A tiny UNet → ViT on 1×6×6 images (every layer kind of the paper's networks), both phases.
 fn config(dir: &std::path::Path) -> RunConfig {
@@ -61,24 +59,6 @@ clamp = [-1.0, 1.0]
     RunConfig::from_toml_str(&toml, &[]).unwrap()
 }
 
-/// Per-step statistics and final weights of `cfg` trained on `device`.
-fn trajectory(cfg: &RunConfig, device: &Device) -> (Vec<StepStats>, Vec<Vec<f64>>) {
-    let model = cfg.model.init(3, device, Precision::F32).unwrap();
-    let mut tr = trainer_for(cfg, Trainer::fresh_state(model, &cfg.optim)).unwrap();
-    let mut stats = Vec::new();
-    while !tr.finished() {
-        stats.push(tr.step().unwrap());
-    }
-    let params = tr
-        .state
-        .model
-        .flat_params()
-        .into_iter()
-        .map(to_f64_vec)
-        .collect();
-    (stats, params)
-}
-
 fn wgpu() -> Device {
     Accelerator::Wgpu
         .device()
@@ -89,32 +69,10 @@ fn wgpu() -> Device {
 fn unet_vit_trains_the_same_on_wgpu_as_on_the_cpu() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path());
-    let (host, p_host) = trajectory(&cfg, &cpu());
-    let (gpu, p_gpu) = trajectory(&cfg, &wgpu());
-    let close = |a: f64, b: f64, what: &str| {
-        assert!(
-            (a - b).abs() <= 1e-4 * a.abs().max(b.abs()).max(1e-2),
-            "{what}: cpu {a} vs wgpu {b}"
-        )
-    };
+    let (host, p_host) = common::trajectory(&cfg, &cpu());
+    let (gpu, p_gpu) = common::trajectory(&cfg, &wgpu());
     assert_eq!(host.len(), 6);
-    assert_eq!(host.len(), gpu.len());
-    for (h, g) in host.iter().zip(&gpu) {
-        close(
-            h.flow_loss,
-            g.flow_loss,
-            &format!("step {} flow loss", h.step),
-        );
-        close(
-            h.grad_norm,
-            g.grad_norm,
-            &format!("step {} grad norm", h.step),
-        );
-        assert_eq!(h.cd_loss.is_some(), g.cd_loss.is_some());
-        if let (Some(x), Some(y)) = (h.cd_loss, g.cd_loss) {
-            close(x, y, &format!("step {} cd", h.step));
-        }
-    }
+    common::assert_steps_agree(&host, &gpu, ("cpu", "wgpu"));
     assert!(host[5].cd_loss.is_some(), "phase 2 ran");
     // Adam would turn rounding differences of near-zero gradients into full steps; its eps of
     // 1e-4 (config) damps those, and weights are compared relative to how far training moved

@@ -1,9 +1,10 @@
 //! Training actually learns: a short run moves samples from the source toward the target.
 
+mod common;
+
 use energy_matching::backend::{cpu, Precision};
 use energy_matching::config::RunConfig;
 use energy_matching::metrics::energy_distance_sq;
-use energy_matching::potential::Model;
 use energy_matching::rng::{stream, Purpose};
 use energy_matching::run::{data_sources, draw_samples, trainer_for, SamplingSetup};
 use energy_matching::train::Trainer;
@@ -44,27 +45,14 @@ fn short_flow_matching_brings_samples_toward_the_target() {
     );
 }
 
-/// Runs `cfg_toml` to the end with `train.backprop = backprop`: per-step stats and the final
-/// weights.
+/// Runs `cfg_toml` to the end on the CPU with `train.backprop = backprop`: per-step stats and
+/// the final weights.
 fn trajectory(
     cfg_toml: &str,
     backprop: &str,
 ) -> (Vec<energy_matching::train::StepStats>, Vec<Vec<f64>>) {
     let cfg = RunConfig::from_toml_str(cfg_toml, &[format!("train.backprop={backprop}")]).unwrap();
-    let model = cfg.model.init(3, &cpu(), Precision::F32).unwrap();
-    let mut tr = trainer_for(&cfg, Trainer::fresh_state(model, &cfg.optim)).unwrap();
-    let mut stats = Vec::new();
-    while !tr.finished() {
-        stats.push(tr.step().unwrap());
-    }
-    let params: Vec<Vec<f64>> = tr
-        .state
-        .model
-        .flat_params()
-        .into_iter()
-        .map(energy_matching::backend::to_f64_vec)
-        .collect();
-    (stats, params)
+    common::trajectory(&cfg, &cpu())
 }
 
 /// The fused run and the autodiff run of `cfg_toml` agree step by step (up to f32 rounding).
@@ -74,29 +62,7 @@ fn trajectory(
 fn assert_fused_matches_autodiff(cfg_toml: &str) {
     let (fused, p_fused) = trajectory(cfg_toml, "fused");
     let (auto, p_auto) = trajectory(cfg_toml, "autodiff");
-    let close = |a: f64, b: f64, what: &str| {
-        assert!(
-            (a - b).abs() <= 1e-4 * a.abs().max(b.abs()).max(1e-2),
-            "{what}: fused {a} vs autodiff {b}"
-        )
-    };
-    assert_eq!(fused.len(), auto.len());
-    for (f, a) in fused.iter().zip(&auto) {
-        close(
-            f.flow_loss,
-            a.flow_loss,
-            &format!("step {} flow loss", f.step),
-        );
-        close(
-            f.grad_norm,
-            a.grad_norm,
-            &format!("step {} grad norm", f.step),
-        );
-        assert_eq!(f.cd_loss.is_some(), a.cd_loss.is_some());
-        if let (Some(x), Some(y)) = (f.cd_loss, a.cd_loss) {
-            close(x, y, &format!("step {} cd", f.step));
-        }
-    }
+    common::assert_steps_agree(&fused, &auto, ("fused", "autodiff"));
     for (k, (pf, pa)) in p_fused.iter().zip(&p_auto).enumerate() {
         for (x, y) in pf.iter().zip(pa) {
             // six Adam steps of lr 1e-4 move each weight by ≤ 6e-4; rounding differences stay far below
