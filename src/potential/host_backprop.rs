@@ -90,6 +90,14 @@ pub trait FusedBackprop: GradField + Send + Sync {
             .collect()
     }
 
+    /// The forward pass over the `n` rows of `x` (one block), for a loss on V alone: what
+    /// [`FusedBackprop::block_param_grads`] needs without `d_grad`. A network may skip the
+    /// input-gradient pass here (then the block's `grad()` is empty); the default records
+    /// both.
+    fn record_energy_block(&self, x: &[f32], n: usize) -> Self::Tape {
+        self.record_block(x, n)
+    }
+
     /// ∂L/∂θ for a loss whose derivatives for each block of rows depend only on those rows'
     /// V and ∇ₓV: `seeds(rows, energy, grad)` gives (∂L/∂V, ∂L/∂∇ₓV) of the rows `rows`
     /// (`None`: L does not depend on it). Each block is recorded, swept and recycled at once,
@@ -99,24 +107,22 @@ pub trait FusedBackprop: GradField + Send + Sync {
     where
         S: Fn(Range<usize>, &[f32], &[f32]) -> Seeds + Sync,
     {
-        let d = self.dim();
-        let starts: Vec<usize> = (0..n).step_by(self.block_rows()).collect();
-        let sweep = |&r0: &usize| {
-            let rows = r0..(r0 + self.block_rows()).min(n);
-            let block = self.record_block(&x[r0 * d..rows.end * d], rows.len());
-            let (de, dg) = seeds(rows, block.energy(), block.grad());
-            let grads = self.block_param_grads(&block, de.as_deref(), dg.as_deref());
-            let values = (block.energy().to_vec(), block.grad().to_vec());
-            self.recycle_block(block);
-            (grads, values)
-        };
-        let mut out = Streamed::default();
-        in_order_groups(&starts, sweep, |(grads, (e, g))| {
-            self.recycle_grads(add_grads(&mut out.grads, grads));
-            out.energies.extend(e);
-            out.input_grads.extend(g);
-        });
-        out
+        stream_blocks(self, x, n, Self::record_block, seeds)
+    }
+
+    /// ∂L/∂θ for a loss on V alone, given ∂L/∂V of every row (`d_energy`, `n` values): as
+    /// [`FusedBackprop::param_grads_streamed`] with energy seeds only, on blocks recorded by
+    /// [`FusedBackprop::record_energy_block`] (no input-gradient pass where the network skips
+    /// it). The contrastive term's gradient.
+    fn energy_param_grads_streamed(
+        &self,
+        x: &[f32],
+        n: usize,
+        d_energy: &[f32],
+    ) -> Vec<Option<Vec<f32>>> {
+        let seeds =
+            |rows: Range<usize>, _: &[f32], _: &[f32]| (Some(d_energy[rows].to_vec()), None);
+        stream_blocks(self, x, n, Self::record_energy_block, seeds).grads
     }
 
     /// ∂L/∂θ for a loss L whose derivatives with respect to the recorded energies
@@ -150,6 +156,38 @@ pub trait FusedBackprop: GradField + Send + Sync {
         });
         total
     }
+}
+
+/// The body of [`FusedBackprop::param_grads_streamed`], with the blocks recorded by `record`.
+fn stream_blocks<N, S>(
+    net: &N,
+    x: &[f32],
+    n: usize,
+    record: fn(&N, &[f32], usize) -> N::Tape,
+    seeds: S,
+) -> Streamed
+where
+    N: FusedBackprop + ?Sized,
+    S: Fn(Range<usize>, &[f32], &[f32]) -> Seeds + Sync,
+{
+    let d = net.dim();
+    let starts: Vec<usize> = (0..n).step_by(net.block_rows()).collect();
+    let sweep = |&r0: &usize| {
+        let rows = r0..(r0 + net.block_rows()).min(n);
+        let block = record(net, &x[r0 * d..rows.end * d], rows.len());
+        let (de, dg) = seeds(rows, block.energy(), block.grad());
+        let grads = net.block_param_grads(&block, de.as_deref(), dg.as_deref());
+        let values = (block.energy().to_vec(), block.grad().to_vec());
+        net.recycle_block(block);
+        (grads, values)
+    };
+    let mut out = Streamed::default();
+    in_order_groups(&starts, sweep, |(grads, (e, g))| {
+        net.recycle_grads(add_grads(&mut out.grads, grads));
+        out.energies.extend(e);
+        out.input_grads.extend(g);
+    });
+    out
 }
 
 /// Runs `f` on every item, as many at once as there are threads (each result may hold a whole

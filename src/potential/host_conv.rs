@@ -96,6 +96,12 @@ thread_local! {
 /// Tapes of finished training steps, reused by the next ones ([`FusedBackprop::recycle`]).
 static SPARE_TAPES: Mutex<Vec<ConvTape>> = Mutex::new(Vec::new());
 
+/// A tape from [`SPARE_TAPES`], or a new one.
+fn spare_tape() -> ConvTape {
+    let spare = SPARE_TAPES.lock().ok().and_then(|mut pool| pool.pop());
+    spare.unwrap_or_default()
+}
+
 /// Most tapes kept for reuse (training steps stream a few blocks at a time; a whole recording
 /// of a phase-2 step at batch 128 is 8 blocks).
 const MAX_SPARE_TAPES: usize = 16;
@@ -182,6 +188,37 @@ impl HostConv {
     /// The forward and input-gradient passes over `n ≤ BLOCK_IMAGES` images (rows of `x`),
     /// into `t`; `second` also records what the parameter gradient needs (a'', δ, S terms).
     fn run_block(&self, x: &[f32], n: usize, second: bool, t: &mut ConvTape, ws: &mut Workspace) {
+        self.record_forward(x, n, second, t, ws);
+        self.record_input_gradient(second, t, ws);
+    }
+
+    /// The forward pass over `n ≤ BLOCK_IMAGES` images (rows of `x`) into `t` (with a'' when
+    /// `second`), the dense part included; h_L is left in `ws.maps[0]`. `t.grad` is cleared
+    /// until [`Self::record_input_gradient`] fills it.
+    fn record_forward(
+        &self,
+        x: &[f32],
+        n: usize,
+        second: bool,
+        t: &mut ConvTape,
+        ws: &mut Workspace,
+    ) {
+        let pooled = self.conv_forward(x, n, second, t, ws);
+        t.dense = Some(self.dense.record_chunk(&pooled, n));
+        t.grad.clear();
+    }
+
+    /// The convolutions' forward pass over `n ≤ BLOCK_IMAGES` images (rows of `x`) into `t`
+    /// (with a'' when `second`): the pooled features u, rows `[n, features]` (h_L is left in
+    /// `ws.maps[0]`).
+    fn conv_forward(
+        &self,
+        x: &[f32],
+        n: usize,
+        second: bool,
+        t: &mut ConvTape,
+        ws: &mut Workspace,
+    ) -> Vec<f32> {
         let depth = self.layers.len();
         t.rows = n;
         for v in [&mut t.cols, &mut t.d1, &mut t.delta, &mut t.curv] {
@@ -215,9 +252,17 @@ impl HostConv {
             std::mem::swap(h, next);
         }
         let last = self.layers.last().expect("at least one layer");
+        self.pool_forward(h, n, last.geom.c_out, last.geom.plane_out())
+    }
+
+    /// The input-gradient pass of a block recorded by [`Self::record_forward`]: δ_l, S_l (when
+    /// `second`) and ∇ₓV into `t.grad`.
+    fn record_input_gradient(&self, second: bool, t: &mut ConvTape, ws: &mut Workspace) {
+        let n = t.rows;
+        let last = self.layers.last().expect("at least one layer");
         let (c_l, p_l) = (last.geom.c_out, last.geom.plane_out());
-        let pooled = self.pool_forward(h, n, c_l, p_l);
-        let dense = self.dense.record_chunk(&pooled, n);
+        let dense = t.dense.as_ref().expect("a recorded forward pass");
+        let [h, next] = &mut ws.maps;
         // γ_L, then δ_l, S_l and γ_l down to the input
         self.pool_adjoint(dense.grad(), n, c_l, p_l, h);
         for (l, layer) in self.layers.iter().enumerate().rev() {
@@ -234,8 +279,8 @@ impl HostConv {
             geom.transpose_conv(&layer.w, delta, n, &mut ws.work, next);
             std::mem::swap(h, next);
         }
+        let plane = self.layers[0].geom.plane_in();
         to_row_major(h, n, self.channels_in(), plane, &mut t.grad);
-        t.dense = Some(dense);
     }
 
     /// u = pool(h_L) as rows `[n, features]` from `h: [C, n, P]`.
@@ -274,8 +319,16 @@ impl HostConv {
         }
     }
 
-    /// V (when `energy` is given) and ∇ₓV of `n` rows, block by block on this thread.
-    fn energy_grad(&self, x: &[f32], n: usize, mut energy: Option<&mut [f32]>, grad: &mut [f32]) {
+    /// V (when `energy` is given) and ∇ₓV (when `grad` is given; without it only the forward
+    /// pass runs) of `n` rows, block by block on this thread.
+    fn energy_grad(
+        &self,
+        x: &[f32],
+        n: usize,
+        mut energy: Option<&mut [f32]>,
+        mut grad: Option<&mut [f32]>,
+        scratch: &mut Scratch,
+    ) {
         thread_local! {
             static TAPE: RefCell<ConvTape> = RefCell::new(ConvTape::default());
         }
@@ -284,7 +337,14 @@ impl HostConv {
             WORKSPACE.with_borrow_mut(|ws| {
                 for start in (0..n).step_by(BLOCK_IMAGES) {
                     let rows = BLOCK_IMAGES.min(n - start);
-                    self.run_block(&x[start * d..], rows, false, t, ws);
+                    let x = &x[start * d..];
+                    let Some(grad) = grad.as_deref_mut() else {
+                        let pooled = self.conv_forward(x, rows, false, t, ws);
+                        let e = energy.as_deref_mut().map(|e| &mut e[start..start + rows]);
+                        self.dense.energy_grad(&pooled, rows, e, None, scratch);
+                        continue;
+                    };
+                    self.run_block(x, rows, false, t, ws);
                     grad[start * d..(start + rows) * d].copy_from_slice(&t.grad);
                     if let Some(e) = energy.as_deref_mut() {
                         e[start..start + rows].copy_from_slice(t.energy());
@@ -377,9 +437,16 @@ impl FusedBackprop for HostConv {
     }
 
     fn record_block(&self, x: &[f32], n: usize) -> ConvTape {
-        let spare = SPARE_TAPES.lock().ok().and_then(|mut pool| pool.pop());
-        let mut t = spare.unwrap_or_default();
+        let mut t = spare_tape();
         WORKSPACE.with_borrow_mut(|ws| self.run_block(x, n, true, &mut t, ws));
+        t
+    }
+
+    /// The forward pass alone: the parameter gradient of a loss on V reads the forward chain
+    /// only (a', the patch matrices and the dense tape), not δ or a''.
+    fn record_energy_block(&self, x: &[f32], n: usize) -> ConvTape {
+        let mut t = spare_tape();
+        WORKSPACE.with_borrow_mut(|ws| self.record_forward(x, n, false, &mut t, ws));
         t
     }
 
@@ -427,13 +494,12 @@ impl GradField for HostConv {
         self.image_len()
     }
 
-    fn grad(&self, x: &[f32], n: usize, out: &mut [f32], _: &mut Scratch) {
-        self.energy_grad(x, n, None, out);
+    fn grad(&self, x: &[f32], n: usize, out: &mut [f32], scratch: &mut Scratch) {
+        self.energy_grad(x, n, None, Some(out), scratch);
     }
 
-    fn energy(&self, x: &[f32], n: usize, out: &mut [f32], _: &mut Scratch) {
-        let mut g = vec![0.0; n * self.image_len()];
-        self.energy_grad(x, n, Some(out), &mut g);
+    fn energy(&self, x: &[f32], n: usize, out: &mut [f32], scratch: &mut Scratch) {
+        self.energy_grad(x, n, Some(out), None, scratch);
     }
 }
 

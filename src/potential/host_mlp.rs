@@ -253,13 +253,14 @@ impl HostMlp {
         })
     }
 
-    /// Energies (when `energy` is given) and input gradients of `n` rows of `x`.
+    /// Energies (when `energy` is given) and input gradients (when `grad` is given; without
+    /// it only the forward pass runs) of `n` rows of `x`.
     pub fn energy_grad(
         &self,
         x: &[f32],
         n: usize,
         energy: Option<&mut [f32]>,
-        grad: &mut [f32],
+        grad: Option<&mut [f32]>,
         s: &mut Scratch,
     ) {
         let layers = self.hidden.len();
@@ -295,6 +296,7 @@ impl HostMlp {
                 e[..n].copy_from_slice(&e_out);
             }
         }
+        let Some(grad) = grad else { return };
         // backward: g = dv ⊗ w_out, then g ← (g ⊙ a_l') W_lᵀ
         for (i, gr) in g.chunks_mut(width).take(n).enumerate() {
             for (gk, wk) in gr.iter_mut().zip(&self.out_w) {
@@ -339,11 +341,10 @@ impl GradField for HostMlp {
     }
 
     fn grad(&self, x: &[f32], n: usize, out: &mut [f32], scratch: &mut Scratch) {
-        self.energy_grad(x, n, None, out, scratch);
+        self.energy_grad(x, n, None, Some(out), scratch);
     }
 
     fn energy(&self, x: &[f32], n: usize, out: &mut [f32], scratch: &mut Scratch) {
-        let mut g = vec![0.0; n * self.dim];
-        self.energy_grad(x, n, Some(out), &mut g, scratch);
+        self.energy_grad(x, n, Some(out), None, scratch);
     }
 }

@@ -292,6 +292,11 @@ fn check_fused_backprop<M: Model, N: FusedBackprop>(
         };
         let streamed = host.param_grads_streamed(&x32, b, seeds);
         assert_eq!(streamed.grads, fused, "{case}: streamed");
+        if cc.is_none() {
+            // a loss on V alone: blocks recorded without their input-gradient pass
+            let energy_only = host.energy_param_grads_streamed(&x32, b, &d_energy);
+            assert_eq!(energy_only, fused, "{case}: energy-only streamed");
+        }
         assert_eq!(streamed.input_grads, g_host, "{case}: streamed ∇V");
         assert_eq!(streamed.energies, rec.energies(), "{case}: streamed V");
         assert_close(

@@ -262,7 +262,7 @@ fn fused_host_mlp_matches_the_tensor_mlp() {
             let m = cfg.init(1, &cpu(), Precision::F32).unwrap();
             let host = m.host().unwrap();
             let (mut e, mut g) = (vec![0.0; n], vec![0.0; n * d]);
-            host.energy_grad(&x, n, Some(&mut e), &mut g, &mut Scratch::default());
+            host.energy_grad(&x, n, Some(&mut e), Some(&mut g), &mut Scratch::default());
             let xt = crate::backend::from_points(
                 &Points::new(n, d, x.clone()).unwrap(),
                 &cpu(),

@@ -404,9 +404,7 @@ impl<M: Model> Trainer<M> {
             for &k in &term.kept {
                 d_energy[np + k] = (-scale / term.kept.len() as f64) as f32;
             }
-            let cd_seeds =
-                |rows: Range<usize>, _: &[f32], _: &[f32]| (Some(d_energy[rows].to_vec()), None);
-            let cd_grads = host.param_grads_streamed(&both, np + nn, cd_seeds).grads;
+            let cd_grads = host.energy_param_grads_streamed(&both, np + nn, &d_energy);
             add_grads(&mut grads, cd_grads);
             cd = Some(term);
         }

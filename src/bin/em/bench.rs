@@ -134,17 +134,18 @@ fn net_rows(path: &std::path::Path, a: &BenchArgs) -> Result<Rows> {
     let block = a.batch.div_ceil(threads);
     let mut r = stream(3, Purpose::Eval, 0);
     let x = Toy::StandardNormal.sample(a.batch, dim, &mut r).into_vec();
-    let mut g = vec![0.0f32; x.len()];
-    let ms = time_ms(a.reps, || {
-        g.par_chunks_mut(block * dim)
-            .zip(x.par_chunks(block * dim))
-            .for_each(|(g, x)| {
-                let mut scratch = Scratch::default();
-                field.grad(x, x.len() / dim, g, &mut scratch);
-            });
-        std::hint::black_box(&g);
+    let ms = time_blocks(a.reps, &x, (dim, dim), block, |x, g, s| {
+        field.grad(x, x.len() / dim, g, s)
     });
     rows.push((format!("∇V, batch {b}"), ms, "ms".into()));
+    let ms = time_blocks(a.reps, &x, (dim, 1), block, |x, e, s| {
+        field.energy(x, x.len() / dim, e, s)
+    });
+    rows.push((
+        format!("V alone (forward pass), batch {b}"),
+        ms,
+        "ms".into(),
+    ));
     let steps = 4;
     let sc = SamplerConfig {
         t_end: steps as f64 * cfg.sample.dt,
@@ -177,6 +178,24 @@ fn net_rows(path: &std::path::Path, a: &BenchArgs) -> Result<Rows> {
         "images/s".into(),
     ));
     Ok(rows)
+}
+
+/// Median milliseconds of `f(rows, out, scratch)` over the rows of `x` (`dim` values each,
+/// `out_dim` outputs each) in blocks of `block` rows, the blocks in parallel.
+fn time_blocks(
+    reps: usize,
+    x: &[f32],
+    (dim, out_dim): (usize, usize),
+    block: usize,
+    f: impl Fn(&[f32], &mut [f32], &mut Scratch) + Sync,
+) -> f64 {
+    let mut out = vec![0.0f32; x.len() / dim * out_dim];
+    time_ms(reps, || {
+        out.par_chunks_mut(block * out_dim)
+            .zip(x.par_chunks(block * dim))
+            .for_each(|(o, x)| f(x, o, &mut Scratch::default()));
+        std::hint::black_box(&out);
+    })
 }
 
 /// The toy tutorial: exact OT, MLP training steps, the fused sampler kernel.

@@ -361,6 +361,24 @@ impl HostUNetVit {
     }
 }
 
+impl HostUNetVit {
+    /// A block's recording: the forward pass, and the input-gradient pass when `grad` (else
+    /// the block's `grad()` is empty).
+    fn record_with(&self, x: &[f32], n: usize, grad: bool) -> UNetVitBlock {
+        let spare = SPARE_BUFFERS.lock().ok().and_then(|mut pool| pool.pop());
+        let tape = HostTape::new(self.params.clone(), true, spare.unwrap_or_default());
+        let mut t = HostRecorder { tape };
+        let (input, out, energy, grad) = self.run(&mut t, x, n, grad);
+        UNetVitBlock {
+            tape: Mutex::new(t.tape),
+            input,
+            out,
+            energy,
+            grad: grad.unwrap_or_default(),
+        }
+    }
+}
+
 impl FusedBackprop for HostUNetVit {
     type Tape = UNetVitBlock;
     fn block_rows(&self) -> usize {
@@ -368,17 +386,12 @@ impl FusedBackprop for HostUNetVit {
     }
 
     fn record_block(&self, x: &[f32], n: usize) -> UNetVitBlock {
-        let spare = SPARE_BUFFERS.lock().ok().and_then(|mut pool| pool.pop());
-        let tape = HostTape::new(self.params.clone(), true, spare.unwrap_or_default());
-        let mut t = HostRecorder { tape };
-        let (input, out, energy, grad) = self.run(&mut t, x, n, true);
-        UNetVitBlock {
-            tape: Mutex::new(t.tape),
-            input,
-            out,
-            energy,
-            grad: grad.expect("asked for"),
-        }
+        self.record_with(x, n, true)
+    }
+
+    /// The forward pass alone: the sweep of a loss on V reads no input-gradient values.
+    fn record_energy_block(&self, x: &[f32], n: usize) -> UNetVitBlock {
+        self.record_with(x, n, false)
     }
 
     fn block_param_grads(
