@@ -280,9 +280,6 @@ impl HostMlp {
         let h_last: &[f32] = if layers == 0 { x } else { &acts[layers - 1] };
         let width = self.out_w.len();
         // dV/d out per row (and V)
-        let (g_a, g_b) = tmp.split_at_mut(1);
-        let (g, g2) = (&mut g_a[0], &mut g_b[0]);
-        g.resize(n * width.max(self.dim), 0.0);
         let mut dv = vec![self.scale; n];
         if self.clamp.is_some() || energy.is_some() {
             let mut e_out = vec![0.0f32; n];
@@ -298,6 +295,9 @@ impl HostMlp {
         }
         let Some(grad) = grad else { return };
         // backward: g = dv ⊗ w_out, then g ← (g ⊙ a_l') W_lᵀ
+        let (g_a, g_b) = tmp.split_at_mut(1);
+        let (g, g2) = (&mut g_a[0], &mut g_b[0]);
+        g.resize(n * width.max(self.dim), 0.0);
         for (i, gr) in g.chunks_mut(width).take(n).enumerate() {
             for (gk, wk) in gr.iter_mut().zip(&self.out_w) {
                 *gk = dv[i] * wk;
