@@ -117,17 +117,26 @@ pub(super) fn dot(a: &[f32], b: &[f32]) -> f32 {
 
 /// eˣ in f32 by Cody–Waite range reduction and a degree-6 polynomial (≈1 ulp on
 /// [−87, 88]); plain arithmetic so that the compiler vectorises the loops that call it.
+///
+/// The exponent k = round(x·log₂e) comes from the "magic number" 1.5·2²³: adding it leaves k
+/// in the low mantissa bits, so 2ᵏ is a shift of those bits. A float → int cast (`as i32`)
+/// would saturate and map NaN to 0, which LLVM can only do one lane at a time.
 #[inline(always)]
 pub(super) fn fast_exp(x: f32) -> f32 {
+    /// 1.5·2²³: f + MAGIC rounds f to an integer (ties to even) held in the mantissa.
+    const MAGIC: f32 = 12_582_912.0;
     let x = x.clamp(-87.0, 88.0);
-    let n = (x * std::f32::consts::LOG2_E).round();
+    let shifted = x * std::f32::consts::LOG2_E + MAGIC;
+    let n = shifted - MAGIC;
     let r = x - n * 0.693_145_75 - n * 1.428_606_8e-6;
     let p = 1.0
         + r * (1.0
             + r * (0.5
                 + r * (0.166_666_67
                     + r * (0.041_666_668 + r * (0.008_333_334 + r * 0.001_388_889)))));
-    f32::from_bits(((n as i32 + 127) as u32) << 23) * p
+    // shifted's bits are 0x4B40_0000 + k; k + 127 ∈ [1, 254] shifted into the exponent field
+    // (the high bits shift out)
+    f32::from_bits(shifted.to_bits().wrapping_add(127) << 23) * p
 }
 
 /// Maps every row of `z` (width `b.len()`) through `f(z + b) = [a, a', a'']`: `z` becomes a,
@@ -346,5 +355,32 @@ impl GradField for HostMlp {
 
     fn energy(&self, x: &[f32], n: usize, out: &mut [f32], scratch: &mut Scratch) {
         self.energy_grad(x, n, Some(out), None, scratch);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fast_exp;
+
+    #[test]
+    fn fast_exp_is_within_two_ulp_of_exp_over_its_range_and_saturates_outside() {
+        let mut worst = 0.0f64;
+        let steps = 200_000;
+        for i in 0..=steps {
+            let x = -87.0 + 175.0 * i as f32 / steps as f32;
+            let exact = (x as f64).exp();
+            let rel = ((fast_exp(x) as f64 - exact) / exact).abs();
+            worst = worst.max(rel);
+        }
+        // one f32 ulp is 2⁻²³ ≈ 1.19e-7 relative
+        assert!(worst < 2.5e-7, "worst relative error {worst:e}");
+        // exact at 0, and the integer powers keep their exponent
+        assert_eq!(fast_exp(0.0), 1.0);
+        assert!((fast_exp(1.0) - std::f32::consts::E).abs() <= f32::EPSILON * 3.0);
+        // outside [−87, 88] it clamps instead of overflowing to inf or flushing to 0
+        assert_eq!(fast_exp(-1.0e4), fast_exp(-87.0));
+        assert_eq!(fast_exp(1.0e4), fast_exp(88.0));
+        assert!(fast_exp(88.0).is_finite() && fast_exp(-87.0) > 0.0);
+        assert!(fast_exp(f32::NAN).is_nan());
     }
 }
