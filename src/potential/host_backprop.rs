@@ -18,7 +18,7 @@ use std::ops::Range;
 
 use rayon::prelude::*;
 
-use super::host_mlp::{activate, dot, gemm_into};
+use super::host_mlp::{activate, dense_gemm_into, dot, gemm_into};
 use super::HostMlp;
 use crate::sampler::{GradField, Scratch};
 
@@ -391,7 +391,7 @@ impl HostMlp {
             let mut a = vec![0.0; n * layer.fan_out];
             let mut da = vec![0.0; n * layer.fan_out];
             let mut dda = vec![0.0; n * layer.fan_out];
-            gemm_into(
+            dense_gemm_into(
                 &mut a,
                 (input, false),
                 (&layer.w, false),
@@ -423,7 +423,7 @@ impl HostMlp {
             curv[l] = gamma.iter().zip(&d2[l]).map(|(g, e)| g * e).collect();
             delta[l] = gamma.iter().zip(&d1[l]).map(|(g, e)| g * e).collect();
             gamma = vec![0.0; n * layer.fan_in];
-            gemm_into(
+            dense_gemm_into(
                 &mut gamma,
                 (&delta[l], false),
                 (&layer.w, true),
@@ -486,7 +486,7 @@ impl HostMlp {
                     true,
                 );
                 let mut up = vec![0.0; n * fo];
-                gemm_into(&mut up, (gam, false), (&layer.w, false), n, fi, fo, false);
+                dense_gemm_into(&mut up, (gam, false), (&layer.w, false), n, fi, fo, false);
                 if layer.act != super::Activation::Relu {
                     second[l] = Some(up.iter().zip(&c.curv[l]).map(|(a, b)| a * b).collect());
                 }
@@ -553,7 +553,7 @@ impl HostMlp {
             }
             if l > 0 || want_input {
                 h_bar = vec![0.0; n * fi];
-                gemm_into(&mut h_bar, (&z, false), (&layer.w, true), n, fo, fi, false);
+                dense_gemm_into(&mut h_bar, (&z, false), (&layer.w, true), n, fo, fi, false);
             }
         }
         (grads, want_input.then_some(h_bar))
