@@ -92,10 +92,85 @@ impl ConvGeom {
         cols.resize(self.patch() * n * self.plane_out(), 0.0);
         #[cfg(target_arch = "x86_64")]
         if std::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU supports the features the function was compiled for.
+            if self.is_halving_3x3() {
+                // SAFETY: the CPU supports the features the function was compiled for.
+                return unsafe { self.im2col_halving_avx2(h, n, cols) };
+            }
+            // SAFETY: as above.
             return unsafe { self.im2col_avx2(h, n, cols) };
         }
         self.fill_patches(h, n, cols)
+    }
+
+    /// A 3×3 convolution with stride 2 and padding 1 of even-sized maps (H_in = 2·H_out,
+    /// W_in = 2·W_out): the down-sampling of the conv and UNet potentials, whose strided row
+    /// gathers and scatters have AVX2 kernels of their own.
+    fn is_halving_3x3(&self) -> bool {
+        (self.k, self.stride, self.pad) == (3, 2, 1)
+            && self.h_in == 2 * self.h_out
+            && self.w_in == 2 * self.w_out
+    }
+
+    /// [`Self::im2col`] of a [`Self::is_halving_3x3`] geometry: each input row is read once,
+    /// 16 values at a time, and split into its even (kw = 1) and odd (kw = 2) columns — the
+    /// odd ones shifted by one are kw = 0 — for the three patch rows of its (ci, kh).
+    ///
+    /// # Safety
+    /// The CPU must support AVX2; `h` must hold `C_in·n` input maps and `cols` the patch
+    /// matrix (both asserted).
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn im2col_halving_avx2(&self, h: &[f32], n: usize, cols: &mut [f32]) {
+        use std::arch::x86_64::*;
+        let (pi, po) = (self.plane_in(), self.plane_out());
+        let (w_in, w_out) = (self.w_in, self.w_out);
+        let row_len = n * po;
+        assert!(h.len() >= self.c_in * n * pi && cols.len() >= self.patch() * row_len);
+        let (src, dst) = (h.as_ptr(), cols.as_mut_ptr());
+        // lane j of a kw = 0 vector is lane j − 1 of the odd one (lane 0: the previous chunk's
+        // lane 7)
+        let rotate = _mm256_setr_epi32(7, 0, 1, 2, 3, 4, 5, 6);
+        for ci in 0..self.c_in {
+            for kh in 0..3 {
+                // patch rows (ci, kh, kw = 0, 1, 2)
+                let rows = [0, 1, 2].map(|kw| dst.add((ci * 9 + kh * 3 + kw) * row_len));
+                for b in 0..n {
+                    let plane = src.add((ci * n + b) * pi);
+                    for yo in 0..self.h_out {
+                        let out = [0, 1, 2].map(|kw| rows[kw].add(b * po + yo * w_out));
+                        // input row 2·yo + kh − 1
+                        let Some(y) = (2 * yo + kh).checked_sub(1).filter(|&y| y < self.h_in)
+                        else {
+                            for o in out {
+                                o.write_bytes(0, w_out);
+                            }
+                            continue;
+                        };
+                        let line = plane.add(y * w_in);
+                        let mut prev_odd = _mm256_setzero_ps();
+                        for x0 in (0..w_out).step_by(8) {
+                            let have = w_in - 2 * x0;
+                            let lo = _mm256_maskload_ps(line.add(2 * x0), lanes(have));
+                            let hi = _mm256_maskload_ps(
+                                line.wrapping_add(2 * x0 + 8),
+                                lanes(have.saturating_sub(8)),
+                            );
+                            let even = in_order(_mm256_shuffle_ps::<0b10_00_10_00>(lo, hi));
+                            let odd = in_order(_mm256_shuffle_ps::<0b11_01_11_01>(lo, hi));
+                            let shifted = _mm256_blend_ps::<1>(
+                                _mm256_permutevar8x32_ps(odd, rotate),
+                                _mm256_permutevar8x32_ps(prev_odd, rotate),
+                            );
+                            prev_odd = odd;
+                            let keep = lanes(w_out - x0);
+                            _mm256_maskstore_ps(out[0].add(x0), keep, shifted);
+                            _mm256_maskstore_ps(out[1].add(x0), keep, even);
+                            _mm256_maskstore_ps(out[2].add(x0), keep, odd);
+                        }
+                    }
+                }
+            }
+        }
     }
 
     /// [`Self::fill_patches`] in AVX2 code (32-byte moves for the row copies).
@@ -141,6 +216,16 @@ impl ConvGeom {
     /// The adjoint of [`Self::im2col`]: sums patch-matrix entries back onto a channel-major
     /// block `out` of `n` input-sized maps (overwritten).
     pub fn col2im(&self, cols: &[f32], n: usize, out: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if self.is_halving_3x3() && std::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports the features the function was compiled for.
+            return unsafe { self.col2im_halving_avx2(cols, n, out) };
+        }
+        self.scatter_patches(cols, n, out)
+    }
+
+    /// [`Self::col2im`] by scattering every patch row onto its map (any geometry).
+    fn scatter_patches(&self, cols: &[f32], n: usize, out: &mut [f32]) {
         let (k, p, s) = (self.k, self.pad, self.stride);
         let (pi, po) = (self.plane_in(), self.plane_out());
         out[..self.c_in * n * pi].fill(0.0);
@@ -162,6 +247,70 @@ impl ConvGeom {
                         for xo in x_lo..x_hi {
                             drow[xo * s + kw - p] += srow[xo];
                         }
+                    }
+                }
+            }
+        }
+    }
+
+    /// [`Self::col2im`] of a [`Self::is_halving_3x3`] geometry as a gather: input row y
+    /// receives kh = 1 from output row y/2 when y is even, else kh = 0 from (y + 1)/2 (when
+    /// inside) and kh = 2 from (y − 1)/2; along the row, even column 2x takes kw = 1 at x and
+    /// odd column 2x + 1 takes kw = 2 at x plus kw = 0 at x + 1 (when inside). Each output
+    /// value is written once (no clearing, no read-modify-write), 16 at a time.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2; `cols` must hold the patch matrix and `out` `C_in·n` input
+    /// maps (both asserted).
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn col2im_halving_avx2(&self, cols: &[f32], n: usize, out: &mut [f32]) {
+        use std::arch::x86_64::*;
+        let (pi, po) = (self.plane_in(), self.plane_out());
+        let (w_in, w_out) = (self.w_in, self.w_out);
+        let row_len = n * po;
+        assert!(cols.len() >= self.patch() * row_len && out.len() >= self.c_in * n * pi);
+        let (src, dst) = (cols.as_ptr(), out.as_mut_ptr());
+        for ci in 0..self.c_in {
+            for b in 0..n {
+                let plane = dst.add((ci * n + b) * pi);
+                for y in 0..self.h_in {
+                    // the (kh, output row) pairs that reach input row y
+                    let taps = if y % 2 == 0 {
+                        [Some((1, y / 2)), None]
+                    } else {
+                        [
+                            Some((0, y.div_ceil(2))).filter(|&(_, yo)| yo < self.h_out),
+                            Some((2, (y - 1) / 2)),
+                        ]
+                    };
+                    let line = plane.add(y * w_in);
+                    for x0 in (0..w_out).step_by(8) {
+                        let (here, next) = (lanes(w_out - x0), lanes(w_out - x0 - 1));
+                        let (mut even, mut odd) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+                        for (kh, yo) in taps.into_iter().flatten() {
+                            let at = |kw: usize| {
+                                src.add((ci * 9 + kh * 3 + kw) * row_len + b * po + yo * w_out)
+                            };
+                            even = _mm256_add_ps(even, _mm256_maskload_ps(at(1).add(x0), here));
+                            let right = _mm256_maskload_ps(at(2).add(x0), here);
+                            let left = _mm256_maskload_ps(at(0).add(x0 + 1), next);
+                            odd = _mm256_add_ps(odd, _mm256_add_ps(right, left));
+                        }
+                        // [e0 o0 e1 o1 | e4 o4 e5 o5] and [e2 o2 e3 o3 | e6 o6 e7 o7]
+                        let (lo, hi) =
+                            (_mm256_unpacklo_ps(even, odd), _mm256_unpackhi_ps(even, odd));
+                        let have = w_in - 2 * x0;
+                        _mm256_maskstore_ps(
+                            line.add(2 * x0),
+                            lanes(have),
+                            _mm256_permute2f128_ps::<0x20>(lo, hi),
+                        );
+                        _mm256_maskstore_ps(
+                            line.wrapping_add(2 * x0 + 8),
+                            lanes(have.saturating_sub(8)),
+                            _mm256_permute2f128_ps::<0x31>(lo, hi),
+                        );
                     }
                 }
             }
@@ -268,6 +417,27 @@ impl ConvGeom {
             true,
         );
     }
+}
+
+/// An AVX2 lane mask selecting the first `count` (at most 8 used) of 8 f32 lanes.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn lanes(count: usize) -> std::arch::x86_64::__m256i {
+    use std::arch::x86_64::*;
+    let count = count.min(8) as i32;
+    _mm256_cmpgt_epi32(
+        _mm256_set1_epi32(count),
+        _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+    )
+}
+
+/// Puts the 64-bit pairs of an in-lane `_mm256_shuffle_ps` of two 8-value halves back in
+/// order: [a0 a2 b0 b2 | a4 a6 b4 b6] → [a0 a2 a4 a6 b0 b2 b4 b6].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn in_order(v: std::arch::x86_64::__m256) -> std::arch::x86_64::__m256 {
+    use std::arch::x86_64::*;
+    _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(v)))
 }
 
 /// `[n, C, P]` rows → `[C, n, P]`, into `out`.
@@ -454,6 +624,55 @@ mod tests {
                         }
                     }
                 }
+            }
+        }
+    }
+
+    /// 3×3, stride-2, padding-1 convolutions of even-sized maps (the AVX2 halving kernels),
+    /// from one-chunk rows to rows of several 8-wide chunks and a ragged last one.
+    fn halving_geometries() -> Vec<ConvGeom> {
+        let sizes = [
+            (2, 2),
+            (4, 6),
+            (6, 18),
+            (8, 16),
+            (16, 2),
+            (14, 14),
+            (28, 28),
+            (10, 34),
+        ];
+        let all: Vec<ConvGeom> = sizes
+            .iter()
+            .map(|&(h, w)| ConvGeom::new(2, 3, 3, 2, 1, h, w))
+            .collect();
+        assert!(all.iter().all(ConvGeom::is_halving_3x3));
+        all
+    }
+
+    #[test]
+    fn halving_im2col_and_col2im_equal_the_definition_and_the_scatter() {
+        for g in halving_geometries() {
+            let n = 3;
+            let h = values(g.c_in * n * g.plane_in(), g.w_in);
+            let mut cols = vec![f32::NAN; g.patch() * n * g.plane_out()];
+            g.im2col(&h, n, &mut cols);
+            let po = g.plane_out();
+            for (i, &got) in cols.iter().enumerate() {
+                let (row, b, q) = (i / (n * po), (i / po) % n, i % po);
+                let want = patch_entry(&g, &h, n, row, b, q / g.w_out, q % g.w_out);
+                assert_eq!(got.to_bits(), want.to_bits(), "{g:?} entry {i}");
+            }
+            // col2im: every value written (over NaN), equal to the plain scatter-add
+            let c = values(cols.len(), 9);
+            let mut fast = vec![f32::NAN; h.len()];
+            g.col2im(&c, n, &mut fast);
+            let mut plain = vec![f32::NAN; h.len()];
+            g.scatter_patches(&c, n, &mut plain);
+            for (i, (a, b)) in fast.iter().zip(&plain).enumerate() {
+                assert!(
+                    (a - b).abs() <= 1e-6 * (1.0 + b.abs()),
+                    "{g:?} value {i}: {a} vs {b}"
+                );
             }
         }
     }
