@@ -54,6 +54,17 @@ pub struct HostConv {
     zeros: Vec<f32>,
 }
 
+/// What a block's passes keep on its tape for a parameter gradient afterwards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Keep {
+    /// Nothing: an evaluation of V or ∇ₓV (the convolutions run in cache-sized tiles).
+    Nothing,
+    /// The forward chain (patch matrices, a'): for a loss on V.
+    Forward,
+    /// Also a'' and δ: for a loss on ∇ₓV.
+    Everything,
+}
+
 /// Images per block: a fixed number, so that results do not depend on the thread count.
 const BLOCK_IMAGES: usize = 32;
 
@@ -186,39 +197,41 @@ impl HostConv {
     }
 
     /// The forward and input-gradient passes over `n ≤ BLOCK_IMAGES` images (rows of `x`),
-    /// into `t`; `second` also records what the parameter gradient needs (a'', δ, S terms).
-    fn run_block(&self, x: &[f32], n: usize, second: bool, t: &mut ConvTape, ws: &mut Workspace) {
-        self.record_forward(x, n, second, t, ws);
-        self.record_input_gradient(second, t, ws);
+    /// into `t`, keeping what `keep` asks for.
+    fn run_block(&self, x: &[f32], n: usize, keep: Keep, t: &mut ConvTape, ws: &mut Workspace) {
+        self.record_forward(x, n, keep, t, ws);
+        self.record_input_gradient(keep == Keep::Everything, t, ws);
     }
 
-    /// The forward pass over `n ≤ BLOCK_IMAGES` images (rows of `x`) into `t` (with a'' when
-    /// `second`), the dense part included; h_L is left in `ws.maps[0]`. `t.grad` is cleared
-    /// until [`Self::record_input_gradient`] fills it.
+    /// The forward pass over `n ≤ BLOCK_IMAGES` images (rows of `x`) into `t`, the dense
+    /// part included; h_L is left in `ws.maps[0]`. `t.grad` is cleared until
+    /// [`Self::record_input_gradient`] fills it.
     fn record_forward(
         &self,
         x: &[f32],
         n: usize,
-        second: bool,
+        keep: Keep,
         t: &mut ConvTape,
         ws: &mut Workspace,
     ) {
-        let pooled = self.conv_forward(x, n, second, t, ws);
+        let pooled = self.conv_forward(x, n, keep, t, ws);
         t.dense = Some(self.dense.record_chunk(&pooled, n));
         t.grad.clear();
     }
 
     /// The convolutions' forward pass over `n ≤ BLOCK_IMAGES` images (rows of `x`) into `t`
-    /// (with a'' when `second`): the pooled features u, rows `[n, features]` (h_L is left in
+    /// (the patch matrices unless `keep` is [`Keep::Nothing`], a'' when it is
+    /// [`Keep::Everything`]): the pooled features u, rows `[n, features]` (h_L is left in
     /// `ws.maps[0]`).
     fn conv_forward(
         &self,
         x: &[f32],
         n: usize,
-        second: bool,
+        keep: Keep,
         t: &mut ConvTape,
         ws: &mut Workspace,
     ) -> Vec<f32> {
+        let second = keep == Keep::Everything;
         let depth = self.layers.len();
         t.rows = n;
         for v in [&mut t.cols, &mut t.d1, &mut t.delta, &mut t.curv] {
@@ -236,8 +249,13 @@ impl HostConv {
         let [h, next] = &mut ws.maps;
         for (l, layer) in self.layers.iter().enumerate() {
             let m = n * layer.geom.plane_out();
-            layer.geom.im2col(h, n, &mut t.cols[l]);
-            layer.geom.forward(&layer.w, &layer.b, &t.cols[l], n, next);
+            if keep == Keep::Nothing {
+                let wb = (&layer.w[..], &layer.b[..]);
+                layer.geom.forward_tiled(wb, h, n, &mut ws.work, next);
+            } else {
+                layer.geom.im2col(h, n, &mut t.cols[l]);
+                layer.geom.forward(&layer.w, &layer.b, &t.cols[l], n, next);
+            }
             let d1 = &mut t.d1[l];
             d1.resize(next.len(), 0.0);
             // one row per channel: the bias is already in
@@ -339,12 +357,12 @@ impl HostConv {
                     let rows = BLOCK_IMAGES.min(n - start);
                     let x = &x[start * d..];
                     let Some(grad) = grad.as_deref_mut() else {
-                        let pooled = self.conv_forward(x, rows, false, t, ws);
+                        let pooled = self.conv_forward(x, rows, Keep::Nothing, t, ws);
                         let e = energy.as_deref_mut().map(|e| &mut e[start..start + rows]);
                         self.dense.energy_grad(&pooled, rows, e, None, scratch);
                         continue;
                     };
-                    self.run_block(x, rows, false, t, ws);
+                    self.run_block(x, rows, Keep::Nothing, t, ws);
                     grad[start * d..(start + rows) * d].copy_from_slice(&t.grad);
                     if let Some(e) = energy.as_deref_mut() {
                         e[start..start + rows].copy_from_slice(t.energy());
@@ -438,7 +456,7 @@ impl FusedBackprop for HostConv {
 
     fn record_block(&self, x: &[f32], n: usize) -> ConvTape {
         let mut t = spare_tape();
-        WORKSPACE.with_borrow_mut(|ws| self.run_block(x, n, true, &mut t, ws));
+        WORKSPACE.with_borrow_mut(|ws| self.run_block(x, n, Keep::Everything, &mut t, ws));
         t
     }
 
@@ -446,7 +464,7 @@ impl FusedBackprop for HostConv {
     /// only (a', the patch matrices and the dense tape), not δ or a''.
     fn record_energy_block(&self, x: &[f32], n: usize) -> ConvTape {
         let mut t = spare_tape();
-        WORKSPACE.with_borrow_mut(|ws| self.record_forward(x, n, false, &mut t, ws));
+        WORKSPACE.with_borrow_mut(|ws| self.record_forward(x, n, Keep::Forward, &mut t, ws));
         t
     }
 

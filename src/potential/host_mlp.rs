@@ -41,20 +41,9 @@ pub(super) fn gemm_into(
     m: usize,
     accumulate: bool,
 ) {
-    assert!(a.len() >= n * k && b.len() >= k * m && dst.len() >= n * m);
-    // SAFETY: the slices hold n·k, k·m and n·m values (checked above); strides describe them.
-    unsafe {
-        raw_gemm(
-            dst,
-            (m as isize, 1),
-            (a, a_t),
-            (b, b_t),
-            n,
-            k,
-            m,
-            accumulate,
-        )
-    };
+    let a = (a, row_major_strides(a_t, n, k));
+    let b = (b, row_major_strides(b_t, k, m));
+    gemm_strided((dst, (m, 1)), a, b, n, k, m, accumulate);
 }
 
 /// [`gemm_into`] for a block of a few rows (samples) times a large dense weight `b` (the
@@ -91,9 +80,10 @@ pub(super) fn dense_gemm_into(
         if accumulate {
             transpose(&dst[..n * m], n, m, t);
         }
-        // SAFETY: the operands hold n·k and k·m values (checked above) and `t` the n×m output
-        // column-major (row stride 1, column stride n).
-        unsafe { raw_gemm(t, (1, n as isize), (a, a_t), (b, b_t), n, k, m, accumulate) };
+        let a = (a, row_major_strides(a_t, n, k));
+        let b = (b, row_major_strides(b_t, k, m));
+        // `t` holds the n×m output column-major: row stride 1, column stride n
+        gemm_strided((t, (1, n)), a, b, n, k, m, accumulate);
         transpose(t, m, n, &mut dst[..n * m]);
     });
 }
@@ -117,52 +107,65 @@ fn transpose(src: &[f32], r: usize, c: usize, dst: &mut [f32]) {
     }
 }
 
-/// [`gemm_into`] with the output strides `(row, column)` given.
-///
-/// # Safety
-/// `dst` must hold the n×m output under those strides.
+/// A matrix operand: its values and its (row, column) strides.
+pub(super) type Strided<'a> = (&'a [f32], (usize, usize));
+
+/// The (row, column) strides of a row-major `[r×c]` operand, or of its transpose when
+/// stored `[c×r]`.
+fn row_major_strides(transposed: bool, r: usize, c: usize) -> (usize, usize) {
+    if transposed {
+        (1, r)
+    } else {
+        (c, 1)
+    }
+}
+
+/// `dst[n×m] (+)= a[n×k] · b[k×m]` with every operand's (row, column) strides given (a
+/// block of columns of a wider matrix, a transposed view); `accumulate` adds to `dst`.
+/// Panics unless each slice holds its operand.
 #[allow(clippy::too_many_arguments)]
-unsafe fn raw_gemm(
-    dst: &mut [f32],
-    (dst_rs, dst_cs): (isize, isize),
-    (a, a_t): (&[f32], bool),
-    (b, b_t): (&[f32], bool),
+pub(super) fn gemm_strided(
+    (dst, (dst_rs, dst_cs)): (&mut [f32], (usize, usize)),
+    (a, (a_rs, a_cs)): Strided,
+    (b, (b_rs, b_cs)): Strided,
     n: usize,
     k: usize,
     m: usize,
     accumulate: bool,
 ) {
-    let (lhs_cs, lhs_rs) = if a_t {
-        (n as isize, 1)
-    } else {
-        (1, k as isize)
-    };
-    let (rhs_cs, rhs_rs) = if b_t {
-        (k as isize, 1)
-    } else {
-        (1, m as isize)
-    };
-    gemm::gemm(
-        n,
-        m,
-        k,
-        dst.as_mut_ptr(),
-        dst_cs,
-        dst_rs,
-        accumulate,
-        a.as_ptr(),
-        lhs_cs,
-        lhs_rs,
-        b.as_ptr(),
-        rhs_cs,
-        rhs_rs,
-        if accumulate { 1.0 } else { 0.0 },
-        1.0,
-        false,
-        false,
-        false,
-        gemm::Parallelism::None,
+    if n == 0 || m == 0 {
+        return;
+    }
+    // the last value of an r×c operand with strides (rs, cs), plus one
+    let extent = |(rs, cs): (usize, usize), r: usize, c: usize| (r - 1) * rs + (c - 1) * cs + 1;
+    assert!(dst.len() >= extent((dst_rs, dst_cs), n, m));
+    assert!(
+        k == 0 || (a.len() >= extent((a_rs, a_cs), n, k) && b.len() >= extent((b_rs, b_cs), k, m))
     );
+    // SAFETY: every index the product touches lies inside its slice (asserted above).
+    unsafe {
+        gemm::gemm(
+            n,
+            m,
+            k,
+            dst.as_mut_ptr(),
+            dst_cs as isize,
+            dst_rs as isize,
+            accumulate,
+            a.as_ptr(),
+            a_cs as isize,
+            a_rs as isize,
+            b.as_ptr(),
+            b_cs as isize,
+            b_rs as isize,
+            if accumulate { 1.0 } else { 0.0 },
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
 }
 
 /// `acc[n×k] += a[n×m] · b[k×m]ᵀ` for two row-major operands that share a long inner

@@ -8,7 +8,12 @@
 //! `[C_in·k², n·H_out·W_out]`, so `W · cols` is the channel-major output. One image
 //! (`[C, H, W]`, the NCHW rows of the tensor networks) is the block with n = 1.
 
-use super::host_mlp::gemm_into;
+use super::host_mlp::{gemm_into, gemm_strided};
+
+/// Most patch-matrix values of one tile of [`ConvGeom::forward_tiled`] and
+/// [`ConvGeom::transpose_conv_into`] (256 KiB): a tile stays in a core's L2 cache between
+/// being written and being read.
+const TILE_VALUES: usize = 1 << 16;
 
 /// The geometry of a 2-D convolution with a square k×k kernel, zero padding `pad` on every
 /// side and stride `stride`.
@@ -23,6 +28,37 @@ pub(super) struct ConvGeom {
     pub w_in: usize,
     pub h_out: usize,
     pub w_out: usize,
+}
+
+/// The images of a channel-major block `[C, n, H, W]` that a patch matrix covers: `count`
+/// of them from `first` (the patch matrix then has `count·H_out·W_out` columns).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Images {
+    /// Images in the block.
+    pub n: usize,
+    pub first: usize,
+    pub count: usize,
+}
+
+impl Images {
+    /// All `n` images of the block.
+    pub fn all(n: usize) -> Self {
+        Self {
+            n,
+            first: 0,
+            count: n,
+        }
+    }
+
+    /// The index of map (channel `ci`, image `first + b`) in the block.
+    fn map(&self, ci: usize, b: usize) -> usize {
+        ci * self.n + self.first + b
+    }
+
+    /// Asserts that the images lie in the block and the block fills `len` values of maps.
+    fn check(&self, channels: usize, plane: usize, len: usize) {
+        assert!(self.first + self.count <= self.n && len >= channels * self.n * plane);
+    }
 }
 
 impl ConvGeom {
@@ -88,18 +124,25 @@ impl ConvGeom {
     /// cols(h): the patch matrix `[C_in·k², n·H_out·W_out]` of a channel-major block `h` of
     /// `n` maps.
     pub fn im2col(&self, h: &[f32], n: usize, cols: &mut Vec<f32>) {
+        self.im2col_images(h, Images::all(n), cols)
+    }
+
+    /// The patch matrix `[C_in·k², count·H_out·W_out]` of some `images` of a channel-major
+    /// block `h`.
+    pub fn im2col_images(&self, h: &[f32], images: Images, cols: &mut Vec<f32>) {
+        images.check(self.c_in, self.plane_in(), h.len());
         // every entry is written below: a reused buffer needs no clearing
-        cols.resize(self.patch() * n * self.plane_out(), 0.0);
+        cols.resize(self.patch() * images.count * self.plane_out(), 0.0);
         #[cfg(target_arch = "x86_64")]
         if std::is_x86_feature_detected!("avx2") {
             if self.is_halving_3x3() {
                 // SAFETY: the CPU supports the features the function was compiled for.
-                return unsafe { self.im2col_halving_avx2(h, n, cols) };
+                return unsafe { self.im2col_halving_avx2(h, images, cols) };
             }
             // SAFETY: as above.
-            return unsafe { self.im2col_avx2(h, n, cols) };
+            return unsafe { self.im2col_avx2(h, images, cols) };
         }
-        self.fill_patches(h, n, cols)
+        self.fill_patches(h, images, cols)
     }
 
     /// A 3×3 convolution with stride 2 and padding 1 of even-sized maps (H_in = 2·H_out,
@@ -120,12 +163,13 @@ impl ConvGeom {
     /// matrix (both asserted).
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2")]
-    unsafe fn im2col_halving_avx2(&self, h: &[f32], n: usize, cols: &mut [f32]) {
+    unsafe fn im2col_halving_avx2(&self, h: &[f32], images: Images, cols: &mut [f32]) {
         use std::arch::x86_64::*;
         let (pi, po) = (self.plane_in(), self.plane_out());
         let (w_in, w_out) = (self.w_in, self.w_out);
-        let row_len = n * po;
-        assert!(h.len() >= self.c_in * n * pi && cols.len() >= self.patch() * row_len);
+        let row_len = images.count * po;
+        images.check(self.c_in, pi, h.len());
+        assert!(cols.len() >= self.patch() * row_len);
         let (src, dst) = (h.as_ptr(), cols.as_mut_ptr());
         // lane j of a kw = 0 vector is lane j − 1 of the odd one (lane 0: the previous chunk's
         // lane 7)
@@ -134,8 +178,8 @@ impl ConvGeom {
             for kh in 0..3 {
                 // patch rows (ci, kh, kw = 0, 1, 2)
                 let rows = [0, 1, 2].map(|kw| dst.add((ci * 9 + kh * 3 + kw) * row_len));
-                for b in 0..n {
-                    let plane = src.add((ci * n + b) * pi);
+                for b in 0..images.count {
+                    let plane = src.add(images.map(ci, b) * pi);
                     for yo in 0..self.h_out {
                         let out = [0, 1, 2].map(|kw| rows[kw].add(b * po + yo * w_out));
                         // input row 2·yo + kh − 1
@@ -162,10 +206,10 @@ impl ConvGeom {
                                 _mm256_permutevar8x32_ps(prev_odd, rotate),
                             );
                             prev_odd = odd;
-                            let keep = lanes(w_out - x0);
-                            _mm256_maskstore_ps(out[0].add(x0), keep, shifted);
-                            _mm256_maskstore_ps(out[1].add(x0), keep, even);
-                            _mm256_maskstore_ps(out[2].add(x0), keep, odd);
+                            let keep = w_out - x0;
+                            store_first(out[0].add(x0), keep, shifted);
+                            store_first(out[1].add(x0), keep, even);
+                            store_first(out[2].add(x0), keep, odd);
                         }
                     }
                 }
@@ -176,21 +220,21 @@ impl ConvGeom {
     /// [`Self::fill_patches`] in AVX2 code (32-byte moves for the row copies).
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2")]
-    unsafe fn im2col_avx2(&self, h: &[f32], n: usize, cols: &mut [f32]) {
-        self.fill_patches(h, n, cols)
+    unsafe fn im2col_avx2(&self, h: &[f32], images: Images, cols: &mut [f32]) {
+        self.fill_patches(h, images, cols)
     }
 
     /// Writes every entry of the patch matrix `cols` of [`Self::im2col`].
     #[inline(always)]
-    fn fill_patches(&self, h: &[f32], n: usize, cols: &mut [f32]) {
+    fn fill_patches(&self, h: &[f32], images: Images, cols: &mut [f32]) {
         let (k, p, s) = (self.k, self.pad, self.stride);
         let (pi, po) = (self.plane_in(), self.plane_out());
-        for (r, row) in cols.chunks_mut(n * po).enumerate() {
+        for (r, row) in cols.chunks_mut(images.count * po).enumerate() {
             let (ci, kh, kw) = (r / (k * k), (r / k) % k, r % k);
             let (y_lo, y_hi) = self.valid(kh, self.h_in, self.h_out);
             let (x_lo, x_hi) = self.valid(kw, self.w_in, self.w_out);
             for (b, dst) in row.chunks_mut(po).enumerate() {
-                let src = &h[(ci * n + b) * pi..][..pi];
+                let src = &h[images.map(ci, b) * pi..][..pi];
                 for (yo, drow) in dst.chunks_mut(self.w_out).enumerate() {
                     if !(y_lo..y_hi).contains(&yo) {
                         zero_run(drow);
@@ -213,28 +257,33 @@ impl ConvGeom {
         }
     }
 
-    /// The adjoint of [`Self::im2col`]: sums patch-matrix entries back onto a channel-major
-    /// block `out` of `n` input-sized maps (overwritten).
-    pub fn col2im(&self, cols: &[f32], n: usize, out: &mut [f32]) {
+    /// col2im, the adjoint of [`Self::im2col_images`]: sums the entries of the patch matrix
+    /// of some `images` back onto their input-sized maps in the channel-major block `out`
+    /// (overwritten; the other images' maps are left as they are).
+    pub fn col2im_images(&self, cols: &[f32], images: Images, out: &mut [f32]) {
+        images.check(self.c_in, self.plane_in(), out.len());
         #[cfg(target_arch = "x86_64")]
         if self.is_halving_3x3() && std::is_x86_feature_detected!("avx2") {
             // SAFETY: the CPU supports the features the function was compiled for.
-            return unsafe { self.col2im_halving_avx2(cols, n, out) };
+            return unsafe { self.col2im_halving_avx2(cols, images, out) };
         }
-        self.scatter_patches(cols, n, out)
+        self.scatter_patches(cols, images, out)
     }
 
-    /// [`Self::col2im`] by scattering every patch row onto its map (any geometry).
-    fn scatter_patches(&self, cols: &[f32], n: usize, out: &mut [f32]) {
+    /// [`Self::col2im_images`] by scattering every patch row onto its map (any geometry).
+    fn scatter_patches(&self, cols: &[f32], images: Images, out: &mut [f32]) {
         let (k, p, s) = (self.k, self.pad, self.stride);
         let (pi, po) = (self.plane_in(), self.plane_out());
-        out[..self.c_in * n * pi].fill(0.0);
-        for (r, row) in cols.chunks(n * po).take(self.patch()).enumerate() {
+        for ci in 0..self.c_in {
+            out[images.map(ci, 0) * pi..][..images.count * pi].fill(0.0);
+        }
+        let row_len = images.count * po;
+        for (r, row) in cols.chunks(row_len).take(self.patch()).enumerate() {
             let (ci, kh, kw) = (r / (k * k), (r / k) % k, r % k);
             let (y_lo, y_hi) = self.valid(kh, self.h_in, self.h_out);
             let (x_lo, x_hi) = self.valid(kw, self.w_in, self.w_out);
             for (b, src) in row.chunks(po).enumerate() {
-                let dst = &mut out[(ci * n + b) * pi..][..pi];
+                let dst = &mut out[images.map(ci, b) * pi..][..pi];
                 for yo in y_lo..y_hi {
                     let drow = &mut dst[(yo * s + kh - p) * self.w_in..][..self.w_in];
                     let srow = &src[yo * self.w_out..][..self.w_out];
@@ -253,7 +302,7 @@ impl ConvGeom {
         }
     }
 
-    /// [`Self::col2im`] of a [`Self::is_halving_3x3`] geometry as a gather: input row y
+    /// [`Self::col2im_images`] of a [`Self::is_halving_3x3`] geometry as a gather: input row y
     /// receives kh = 1 from output row y/2 when y is even, else kh = 0 from (y + 1)/2 (when
     /// inside) and kh = 2 from (y − 1)/2; along the row, even column 2x takes kw = 1 at x and
     /// odd column 2x + 1 takes kw = 2 at x plus kw = 0 at x + 1 (when inside). Each output
@@ -264,16 +313,17 @@ impl ConvGeom {
     /// maps (both asserted).
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2")]
-    unsafe fn col2im_halving_avx2(&self, cols: &[f32], n: usize, out: &mut [f32]) {
+    unsafe fn col2im_halving_avx2(&self, cols: &[f32], images: Images, out: &mut [f32]) {
         use std::arch::x86_64::*;
         let (pi, po) = (self.plane_in(), self.plane_out());
         let (w_in, w_out) = (self.w_in, self.w_out);
-        let row_len = n * po;
-        assert!(cols.len() >= self.patch() * row_len && out.len() >= self.c_in * n * pi);
+        let row_len = images.count * po;
+        images.check(self.c_in, pi, out.len());
+        assert!(cols.len() >= self.patch() * row_len);
         let (src, dst) = (cols.as_ptr(), out.as_mut_ptr());
         for ci in 0..self.c_in {
-            for b in 0..n {
-                let plane = dst.add((ci * n + b) * pi);
+            for b in 0..images.count {
+                let plane = dst.add(images.map(ci, b) * pi);
                 for y in 0..self.h_in {
                     // the (kh, output row) pairs that reach input row y
                     let taps = if y % 2 == 0 {
@@ -301,16 +351,12 @@ impl ConvGeom {
                         let (lo, hi) =
                             (_mm256_unpacklo_ps(even, odd), _mm256_unpackhi_ps(even, odd));
                         let have = w_in - 2 * x0;
-                        _mm256_maskstore_ps(
-                            line.add(2 * x0),
-                            lanes(have),
-                            _mm256_permute2f128_ps::<0x20>(lo, hi),
-                        );
-                        _mm256_maskstore_ps(
-                            line.wrapping_add(2 * x0 + 8),
-                            lanes(have.saturating_sub(8)),
-                            _mm256_permute2f128_ps::<0x31>(lo, hi),
-                        );
+                        let first = _mm256_permute2f128_ps::<0x20>(lo, hi);
+                        store_first(line.add(2 * x0), have, first);
+                        if have > 8 {
+                            let second = _mm256_permute2f128_ps::<0x31>(lo, hi);
+                            store_first(line.add(2 * x0 + 8), have - 8, second);
+                        }
                     }
                 }
             }
@@ -333,6 +379,8 @@ impl ConvGeom {
 
     /// [`Self::transpose_conv`] into a slice of `C_in·n·H_in·W_in` values; with n = 1 one
     /// image's transposed convolution, `[C_in, H_in, W_in]` from `g: [C_out, H_out·W_out]`.
+    /// Runs in tiles of [`Self::tile_images`] images: the tile's Wᵀg stays in cache for its
+    /// col2im.
     pub fn transpose_conv_into(
         &self,
         w: &[f32],
@@ -341,19 +389,86 @@ impl ConvGeom {
         work: &mut Vec<f32>,
         out: &mut [f32],
     ) {
-        let m = n * self.plane_out();
-        // overwritten by the product
-        work.resize(self.patch() * m, 0.0);
-        gemm_into(
-            work,
-            (w, true),
-            (g, false),
-            self.patch(),
-            self.c_out,
-            m,
-            false,
-        );
-        self.col2im(work, n, out);
+        self.transpose_conv_in_tiles(w, g, (n, self.tile_images()), work, out)
+    }
+
+    /// [`Self::transpose_conv_into`] in tiles of `per_tile` images.
+    fn transpose_conv_in_tiles(
+        &self,
+        w: &[f32],
+        g: &[f32],
+        (n, per_tile): (usize, usize),
+        work: &mut Vec<f32>,
+        out: &mut [f32],
+    ) {
+        let (po, patch) = (self.plane_out(), self.patch());
+        for images in tiles(n, per_tile) {
+            let columns = images.count * po;
+            // overwritten by the product
+            work.resize(patch * columns, 0.0);
+            // Wᵀ: [patch × C_out] of the row-major [C_out, patch] kernel; the tile's columns of
+            // g: [C_out × columns] with g's row stride n·H_out·W_out
+            let w_t = (w, (1, patch));
+            let g_tile = (&g[images.first * po..], (n * po, 1));
+            gemm_strided(
+                (work, (columns, 1)),
+                w_t,
+                g_tile,
+                patch,
+                self.c_out,
+                columns,
+                false,
+            );
+            self.col2im_images(work, images, out);
+        }
+    }
+
+    /// Images per tile: as many as keep a tile's patch matrix within [`TILE_VALUES`] (at
+    /// least one).
+    fn tile_images(&self) -> usize {
+        (TILE_VALUES / (self.patch() * self.plane_out()).max(1)).max(1)
+    }
+
+    /// z = W · cols(h) + b like [`Self::forward`], from the block `h` of `n` maps, in tiles
+    /// of [`Self::tile_images`] images whose patch matrix (in `work`) stays in cache — for
+    /// evaluations that keep no patch matrix for a parameter gradient.
+    pub fn forward_tiled(
+        &self,
+        (w, bias): (&[f32], &[f32]),
+        h: &[f32],
+        n: usize,
+        work: &mut Vec<f32>,
+        out: &mut Vec<f32>,
+    ) {
+        self.forward_in_tiles((w, bias), h, (n, self.tile_images()), work, out)
+    }
+
+    /// [`Self::forward_tiled`] in tiles of `per_tile` images.
+    fn forward_in_tiles(
+        &self,
+        (w, bias): (&[f32], &[f32]),
+        h: &[f32],
+        (n, per_tile): (usize, usize),
+        work: &mut Vec<f32>,
+        out: &mut Vec<f32>,
+    ) {
+        let (po, patch) = (self.plane_out(), self.patch());
+        fill_bias(bias, n * po, out);
+        for images in tiles(n, per_tile) {
+            let columns = images.count * po;
+            self.im2col_images(h, images, work);
+            let z_tile = (&mut out[images.first * po..], (n * po, 1));
+            let cols = (&work[..], (columns, 1));
+            gemm_strided(
+                z_tile,
+                (w, (patch, 1)),
+                cols,
+                self.c_out,
+                patch,
+                columns,
+                true,
+            );
+        }
     }
 
     /// A 1×1 convolution without padding or stride, whose patch matrix is its input.
@@ -403,10 +518,7 @@ impl ConvGeom {
     /// matrix `cols` of the block.
     pub fn forward(&self, w: &[f32], bias: &[f32], cols: &[f32], n: usize, out: &mut Vec<f32>) {
         let m = n * self.plane_out();
-        out.clear();
-        for &b in bias {
-            out.extend(std::iter::repeat_n(b, m));
-        }
+        fill_bias(bias, m, out);
         gemm_into(
             out,
             (w, false),
@@ -416,6 +528,23 @@ impl ConvGeom {
             m,
             true,
         );
+    }
+}
+
+/// Tiles of `per_tile` images (the last one shorter) covering a block of `n`.
+fn tiles(n: usize, per_tile: usize) -> impl Iterator<Item = Images> {
+    (0..n).step_by(per_tile).map(move |first| Images {
+        n,
+        first,
+        count: per_tile.min(n - first),
+    })
+}
+
+/// `out` = one row of `width` copies per bias value.
+fn fill_bias(bias: &[f32], width: usize, out: &mut Vec<f32>) {
+    out.clear();
+    for &b in bias {
+        out.extend(std::iter::repeat_n(b, width));
     }
 }
 
@@ -429,6 +558,33 @@ fn lanes(count: usize) -> std::arch::x86_64::__m256i {
         _mm256_set1_epi32(count),
         _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
     )
+}
+
+/// Stores the first `count` lanes of `v` at `dst`: one plain store for all 8, else at most
+/// three partial ones (4, 2 and 1 lanes). AMD's masked stores cost more than a dozen plain
+/// ones, and a copy loop would become a memcpy call.
+///
+/// # Safety
+/// `dst` must be valid for `count.min(8)` writes.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn store_first(dst: *mut f32, count: usize, v: std::arch::x86_64::__m256) {
+    use std::arch::x86_64::*;
+    if count >= 8 {
+        return _mm256_storeu_ps(dst, v);
+    }
+    let (mut part, mut at) = (_mm256_castps256_ps128(v), 0);
+    if count >= 4 {
+        _mm_storeu_ps(dst, part);
+        (part, at) = (_mm256_extractf128_ps::<1>(v), 4);
+    }
+    if count - at >= 2 {
+        _mm_store_sd(dst.add(at).cast::<f64>(), _mm_castps_pd(part));
+        (part, at) = (_mm_movehl_ps(part, part), at + 2);
+    }
+    if count > at {
+        _mm_store_ss(dst.add(at), part);
+    }
 }
 
 /// Puts the 64-bit pairs of an in-lane `_mm256_shuffle_ps` of two 8-value halves back in
@@ -665,14 +821,77 @@ mod tests {
             // col2im: every value written (over NaN), equal to the plain scatter-add
             let c = values(cols.len(), 9);
             let mut fast = vec![f32::NAN; h.len()];
-            g.col2im(&c, n, &mut fast);
+            g.col2im_images(&c, Images::all(n), &mut fast);
             let mut plain = vec![f32::NAN; h.len()];
-            g.scatter_patches(&c, n, &mut plain);
+            g.scatter_patches(&c, Images::all(n), &mut plain);
             for (i, (a, b)) in fast.iter().zip(&plain).enumerate() {
                 assert!(
                     (a - b).abs() <= 1e-6 * (1.0 + b.abs()),
                     "{g:?} value {i}: {a} vs {b}"
                 );
+            }
+        }
+    }
+
+    #[test]
+    fn tiled_convolutions_equal_the_whole_block_ones_and_touch_only_their_images() {
+        for g in geometries().into_iter().chain(halving_geometries()) {
+            let n = 5;
+            let h = values(g.c_in * n * g.plane_in(), 6);
+            let (w, bias) = (values(g.c_out * g.patch(), 7), values(g.c_out, 8));
+            let dz = values(g.c_out * n * g.plane_out(), 9);
+            let (mut cols, mut whole) = (Vec::new(), Vec::new());
+            g.im2col(&h, n, &mut cols);
+            g.forward(&w, &bias, &cols, n, &mut whole);
+            // convᵀ of the whole block: Wᵀ·dz then the plain scatter
+            let mut wt_dz = vec![0.0; g.patch() * n * g.plane_out()];
+            gemm_into(
+                &mut wt_dz,
+                (&w, true),
+                (&dz, false),
+                g.patch(),
+                g.c_out,
+                n * g.plane_out(),
+                false,
+            );
+            let mut whole_t = vec![0.0; h.len()];
+            g.scatter_patches(&wt_dz, Images::all(n), &mut whole_t);
+            let close = |a: &[f32], b: &[f32], what: &str| {
+                assert_eq!(a.len(), b.len());
+                for (i, (x, y)) in a.iter().zip(b).enumerate() {
+                    assert!(
+                        (x - y).abs() <= 1e-5 * (1.0 + y.abs()),
+                        "{g:?} {what} {i}: {x} vs {y}"
+                    );
+                }
+            };
+            for per_tile in [1, 2, n] {
+                let (mut work, mut tiled) = (Vec::new(), vec![f32::NAN; 3]);
+                g.forward_in_tiles((&w, &bias), &h, (n, per_tile), &mut work, &mut tiled);
+                close(&tiled, &whole, "forward");
+                let mut tiled_t = vec![f32::NAN; h.len()];
+                g.transpose_conv_in_tiles(&w, &dz, (n, per_tile), &mut work, &mut tiled_t);
+                close(&tiled_t, &whole_t, "transposed");
+            }
+            // one tile's col2im writes its images' maps and nothing else
+            let images = Images {
+                n,
+                first: 1,
+                count: 2,
+            };
+            let mut one = vec![f32::NAN; h.len()];
+            let mut tile_cols = Vec::new();
+            g.im2col_images(&h, images, &mut tile_cols);
+            g.col2im_images(&tile_cols, images, &mut one);
+            for ci in 0..g.c_in {
+                for b in 0..n {
+                    let map = &one[(ci * n + b) * g.plane_in()..][..g.plane_in()];
+                    let inside = (1..3).contains(&b);
+                    assert!(
+                        map.iter().all(|v| v.is_nan() != inside),
+                        "{g:?} map ({ci}, {b})"
+                    );
+                }
             }
         }
     }
@@ -686,7 +905,7 @@ mod tests {
             let mut cols = Vec::new();
             g.im2col(&h, n, &mut cols);
             let mut back = vec![f32::NAN; h.len()];
-            g.col2im(&c, n, &mut back);
+            g.col2im_images(&c, Images::all(n), &mut back);
             let lhs: f64 = cols
                 .iter()
                 .zip(&c)
