@@ -72,7 +72,8 @@ const BLOCK_IMAGES: usize = 32;
 #[derive(Default)]
 pub struct ConvTape {
     rows: usize,
-    /// cols(h_l) of each layer.
+    /// cols(h_l) of each layer (left as they were by evaluations, [`Keep::Nothing`], whose
+    /// convolutions run in tiles).
     cols: Vec<Vec<f32>>,
     /// a'(z_l), δ_l and γ_{l+1} ⊙ a''(z_l) of each layer (`[C_out, n, H_out, W_out]`).
     d1: Vec<Vec<f32>>,

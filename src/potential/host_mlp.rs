@@ -123,7 +123,6 @@ fn row_major_strides(transposed: bool, r: usize, c: usize) -> (usize, usize) {
 /// `dst[n×m] (+)= a[n×k] · b[k×m]` with every operand's (row, column) strides given (a
 /// block of columns of a wider matrix, a transposed view); `accumulate` adds to `dst`.
 /// Panics unless each slice holds its operand.
-#[allow(clippy::too_many_arguments)]
 pub(super) fn gemm_strided(
     (dst, (dst_rs, dst_cs)): (&mut [f32], (usize, usize)),
     (a, (a_rs, a_cs)): Strided,
