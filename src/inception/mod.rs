@@ -3,6 +3,7 @@
 //! converter, so that no Python or PyTorch is needed at run time.
 
 pub mod archive;
+mod host;
 pub mod net;
 pub mod pickle;
 
@@ -12,7 +13,7 @@ use crate::data::ImageShape;
 use crate::metrics::{frechet_distance, GaussianStats};
 use crate::{EmError, Points, Result};
 
-/// Images per forward pass of the feature extractor.
+/// Images per tensor pass of the feature extractor on a GPU device.
 pub const BATCH: usize = 25;
 
 /// Gaussian statistics of the Inception features of `images`.

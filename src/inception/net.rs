@@ -5,11 +5,14 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::OnceLock;
 
 use burn::tensor::module::{avg_pool2d, conv2d, max_pool2d};
 use burn::tensor::ops::{AvgPoolOptions, ConvOptions, MaxPoolOptions};
 use burn::tensor::{DType, Device, Tensor, TensorData};
+use rayon::prelude::*;
 
+use super::host::{HostEngine, Map};
 use crate::data::images::unit_to_byte;
 use crate::data::ImageShape;
 use crate::{EmError, Points, Result};
@@ -20,11 +23,128 @@ pub const SIZE: usize = 299;
 pub const FEATURES: usize = 2048;
 
 /// A convolution with its batch norm folded in: y = relu(conv(x, W') + b').
-struct ConvBn {
-    weight: Tensor<4>,
-    bias: Tensor<1>,
-    stride: usize,
-    padding: [usize; 2],
+pub(super) struct ConvBn {
+    /// W' as the matrix `[kh·kw·c_in, c_out]`: row (dy, dx, ci), the patch order of a
+    /// channel-last map.
+    pub weight: Vec<f32>,
+    pub bias: Vec<f32>,
+    pub c_in: usize,
+    pub c_out: usize,
+    /// Kernel height and width.
+    pub kernel: [usize; 2],
+    pub stride: usize,
+    /// Zero padding of the height and of the width.
+    pub padding: [usize; 2],
+    /// W' `[c_out, c_in, kh, kw]` and b' as tensors, made on the first tensor pass.
+    tensors: OnceLock<(Tensor<4>, Tensor<1>)>,
+}
+
+impl ConvBn {
+    /// Folds batch norm (mean, variance, β; γ = 1, ε = 0.001) into the bias-free convolution
+    /// `w` of shape `[c_out, c_in, kh, kw]`.
+    pub fn folded(
+        w: &[f32],
+        [c_out, c_in, kh, kw]: [usize; 4],
+        (mean, var, beta): (&[f32], &[f32], &[f32]),
+        stride: usize,
+        padding: [usize; 2],
+    ) -> Self {
+        let scale: Vec<f32> = var.iter().map(|v| 1.0 / (v + 0.001).sqrt()).collect();
+        let mut weight = vec![0.0; w.len()];
+        for o in 0..c_out {
+            for ci in 0..c_in {
+                for dy in 0..kh {
+                    for dx in 0..kw {
+                        weight[((dy * kw + dx) * c_in + ci) * c_out + o] =
+                            w[((o * c_in + ci) * kh + dy) * kw + dx] * scale[o];
+                    }
+                }
+            }
+        }
+        Self {
+            weight,
+            bias: (0..c_out).map(|o| beta[o] - mean[o] * scale[o]).collect(),
+            c_in,
+            c_out,
+            kernel: [kh, kw],
+            stride,
+            padding,
+            tensors: OnceLock::new(),
+        }
+    }
+
+    /// W' and b' as tensors on `device` (made once).
+    pub(super) fn tensors(&self, device: &Device) -> &(Tensor<4>, Tensor<1>) {
+        self.tensors.get_or_init(|| {
+            let [kh, kw] = self.kernel;
+            let (c_in, c_out) = (self.c_in, self.c_out);
+            let mut w = vec![0.0; self.weight.len()];
+            for (r, row) in self.weight.chunks(c_out).enumerate() {
+                let (dy, dx, ci) = (r / (kw * c_in), r / c_in % kw, r % c_in);
+                for (o, v) in row.iter().enumerate() {
+                    w[((o * c_in + ci) * kh + dy) * kw + dx] = *v;
+                }
+            }
+            (
+                Tensor::from_data(
+                    TensorData::new(w, [c_out, c_in, kh, kw]),
+                    (device, DType::F32),
+                ),
+                Tensor::from_data(
+                    TensorData::new(self.bias.clone(), [c_out]),
+                    (device, DType::F32),
+                ),
+            )
+        })
+    }
+}
+
+/// What the network's structure asks of the code that runs it: its layers on maps of
+/// one kind (a batch of burn tensors, or one image's channel-last host map).
+pub(super) trait Engine {
+    type Map;
+    /// relu(conv(x, W') + b').
+    fn conv(&self, conv: &ConvBn, x: &Self::Map) -> Self::Map;
+    /// 3×3 max pool with `stride` and zero-excluded padding `pad`.
+    fn max3(&self, x: &Self::Map, stride: usize, pad: usize) -> Self::Map;
+    /// 3×3 average pool, stride 1, padding 1, padded cells not counted.
+    fn avg3(&self, x: &Self::Map) -> Self::Map;
+    /// The parts' channels one after the other.
+    fn cat(&self, parts: Vec<Self::Map>) -> Self::Map;
+}
+
+/// The network on burn tensors `[B, C, H, W]` (GPU devices).
+pub(super) struct TensorEngine<'a> {
+    pub device: &'a Device,
+}
+
+impl Engine for TensorEngine<'_> {
+    type Map = Tensor<4>;
+
+    fn conv(&self, conv: &ConvBn, x: &Tensor<4>) -> Tensor<4> {
+        let (w, b) = conv.tensors(self.device);
+        let opts = ConvOptions::new([conv.stride; 2], conv.padding, [1, 1], 1);
+        burn::tensor::activation::relu(conv2d(x.clone(), w.clone(), Some(b.clone()), opts))
+    }
+
+    fn max3(&self, x: &Tensor<4>, stride: usize, pad: usize) -> Tensor<4> {
+        let mut o = MaxPoolOptions::new([3, 3]);
+        o.stride = [stride; 2];
+        o.padding = [(pad, pad); 2];
+        max_pool2d(x.clone(), o)
+    }
+
+    fn avg3(&self, x: &Tensor<4>) -> Tensor<4> {
+        let mut o = AvgPoolOptions::new([3, 3]);
+        o.stride = [1, 1];
+        o.padding = [(1, 1); 2];
+        o.count_include_pad = false;
+        avg_pool2d(x.clone(), o)
+    }
+
+    fn cat(&self, parts: Vec<Tensor<4>>) -> Tensor<4> {
+        Tensor::cat(parts, 1)
+    }
 }
 
 /// The network with its weights.
@@ -39,6 +159,7 @@ const ROOT: &str = "net.layers";
 
 impl InceptionV3 {
     /// Loads the weights written by `em fid-weights` (a converted TorchScript archive).
+    /// On the CPU the network runs on the host kernels, elsewhere on burn's `device`.
     pub fn load(path: &Path, device: &Device) -> Result<Self> {
         let file = crate::tensor_file::TensorFile::read(path)?;
         let bad = |reason: String| EmError::Parse {
@@ -65,14 +186,13 @@ impl InceptionV3 {
             let [c_out, c_in, kh, kw] = shape[..] else {
                 return Err(bad(format!("expected `{name}` of rank 4, found {shape:?}")));
             };
-            let scale: Vec<f32> = var.iter().map(|v| 1.0 / (v + 0.001).sqrt()).collect();
-            let per = c_in * kh * kw;
-            let folded: Vec<f32> = w
-                .iter()
-                .enumerate()
-                .map(|(i, v)| v * scale[i / per])
-                .collect();
-            let bias: Vec<f32> = (0..c_out).map(|o| beta[o] - mean[o] * scale[o]).collect();
+            let per_channel = [&mean, &var, &beta];
+            if per_channel.iter().any(|v| v.len() != c_out) {
+                return Err(bad(format!(
+                    "expected {c_out} batch-norm values per statistic of `{module}`, found {:?}",
+                    per_channel.map(|v| v.len())
+                )));
+            }
             let padding = match ints(&format!("{module}.padding"))?[..] {
                 [p] => [p, p],
                 [ph, pw] => [ph, pw],
@@ -84,15 +204,13 @@ impl InceptionV3 {
                 .unwrap_or(1);
             convs.insert(
                 module.to_string(),
-                ConvBn {
-                    weight: Tensor::from_data(
-                        TensorData::new(folded, [c_out, c_in, kh, kw]),
-                        (device, DType::F32),
-                    ),
-                    bias: Tensor::from_data(TensorData::new(bias, [c_out]), (device, DType::F32)),
+                ConvBn::folded(
+                    &w,
+                    [c_out, c_in, kh, kw],
+                    (&mean, &var, &beta),
                     stride,
                     padding,
-                },
+                ),
             );
         }
         let strip = |prefix: &str| {
@@ -118,6 +236,20 @@ impl InceptionV3 {
         }
         net.check_structure().map_err(bad)?;
         Ok(net)
+    }
+    /// A network of the given modules (tests build small blocks from parts).
+    #[cfg(test)]
+    pub(super) fn from_parts(
+        convs: HashMap<String, ConvBn>,
+        children: HashMap<String, Vec<String>>,
+        classes: HashMap<String, String>,
+    ) -> Self {
+        Self {
+            convs,
+            children,
+            classes,
+            device: crate::backend::cpu(),
+        }
     }
 
     /// True when `name` is a convolution, a pooling layer, or a `Sequential` of such.
@@ -174,103 +306,113 @@ impl InceptionV3 {
         }
     }
 
-    fn conv(&self, name: &str, x: Tensor<4>) -> Tensor<4> {
-        let c = &self.convs[name];
-        let opts = ConvOptions::new([c.stride; 2], c.padding, [1, 1], 1);
-        burn::tensor::activation::relu(conv2d(x, c.weight.clone(), Some(c.bias.clone()), opts))
-    }
-
     fn class(&self, name: &str) -> &str {
         self.classes.get(name).map(String::as_str).unwrap_or("")
     }
 
     /// A module by path: a convolution, a pooling layer, or a `Sequential` of them.
-    fn apply(&self, name: &str, x: Tensor<4>) -> Tensor<4> {
-        if self.convs.contains_key(name) {
-            return self.conv(name, x);
+    fn apply<E: Engine>(&self, e: &E, name: &str, x: &E::Map) -> E::Map {
+        if let Some(conv) = self.convs.get(name) {
+            return e.conv(conv, x);
         }
         match self.class(name) {
-            "AvgPool2d" => avg3(x),
-            "MaxPool2d" => max3(x, 2, 0),
+            "AvgPool2d" => e.avg3(x),
+            "MaxPool2d" => e.max3(x, 2, 0),
             _ => {
-                let mut x = x;
-                for child in &self.children[name] {
-                    x = self.apply(&format!("{name}.{child}"), x);
-                }
-                x
+                let children = &self.children[name];
+                let first = self.apply(e, &format!("{name}.{}", children[0]), x);
+                children[1..].iter().fold(first, |x, child| {
+                    self.apply(e, &format!("{name}.{child}"), &x)
+                })
             }
         }
     }
 
-    fn block(&self, name: &str, x: Tensor<4>) -> Tensor<4> {
+    /// The Inception block `name` (a concatenation of its towers) on `x`.
+    pub(super) fn block<E: Engine>(&self, e: &E, name: &str, x: &E::Map) -> E::Map {
         let p = |c: &str| format!("{name}.{c}");
         let parts = match self.class(name) {
-            "InceptionA" | "InceptionC" => vec![
-                self.apply(&p("conv"), x.clone()),
-                self.apply(&p("tower"), x.clone()),
-                self.apply(&p("tower_1"), x.clone()),
-                self.apply(&p("tower_2"), x),
-            ],
+            "InceptionA" | "InceptionC" => ["conv", "tower", "tower_1", "tower_2"]
+                .map(|c| self.apply(e, &p(c), x))
+                .into(),
             "InceptionB" => vec![
-                self.apply(&p("conv"), x.clone()),
-                self.apply(&p("tower"), x.clone()),
-                max3(x, 2, 0),
+                self.apply(e, &p("conv"), x),
+                self.apply(e, &p("tower"), x),
+                e.max3(x, 2, 0),
             ],
             "InceptionD" => vec![
-                self.apply(&p("tower"), x.clone()),
-                self.apply(&p("tower_1"), x.clone()),
-                max3(x, 2, 0),
+                self.apply(e, &p("tower"), x),
+                self.apply(e, &p("tower_1"), x),
+                e.max3(x, 2, 0),
             ],
             _ => {
                 // InceptionE: the last block pools with max (3×3, stride 1) instead of average
-                let a = self.apply(&p("tower_conv"), x.clone());
-                let b = self.apply(
-                    &p("tower_1_conv_1"),
-                    self.apply(&p("tower_1_conv"), x.clone()),
-                );
+                let a = self.apply(e, &p("tower_conv"), x);
+                let b = self.apply(e, &p("tower_1_conv"), x);
+                let b = self.apply(e, &p("tower_1_conv_1"), &b);
                 let pooled = match self.class(&p("tower_2_pool")) {
-                    "MaxPool2d" => max3(x.clone(), 1, 1),
-                    _ => avg3(x.clone()),
+                    "MaxPool2d" => e.max3(x, 1, 1),
+                    _ => e.avg3(x),
                 };
                 vec![
-                    self.apply(&p("conv"), x),
-                    self.apply(&p("tower_mixed_conv"), a.clone()),
-                    self.apply(&p("tower_mixed_conv_1"), a),
-                    self.apply(&p("tower_1_mixed_conv"), b.clone()),
-                    self.apply(&p("tower_1_mixed_conv_1"), b),
-                    self.apply(&p("tower_2_conv"), pooled),
+                    self.apply(e, &p("conv"), x),
+                    self.apply(e, &p("tower_mixed_conv"), &a),
+                    self.apply(e, &p("tower_mixed_conv_1"), &a),
+                    self.apply(e, &p("tower_1_mixed_conv"), &b),
+                    self.apply(e, &p("tower_1_mixed_conv_1"), &b),
+                    self.apply(e, &p("tower_2_conv"), &pooled),
                 ]
             }
         };
-        Tensor::cat(parts, 1)
+        e.cat(parts)
     }
 
-    /// Pool3 features `[B, 2048]` of network inputs `[B, 3, 299, 299]` (already scaled).
-    pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
+    /// The last 8×8 map (2048 channels, before pool3) of network inputs already scaled.
+    fn trunk<E: Engine>(&self, e: &E, x: &E::Map) -> E::Map {
         let r = |c: &str| format!("{ROOT}.{c}");
-        let mut x = x;
-        for c in ["conv", "conv_1", "conv_2"] {
-            x = self.conv(&r(c), x);
+        let mut x = e.conv(&self.convs[&r("conv")], x);
+        for c in ["conv_1", "conv_2"] {
+            x = e.conv(&self.convs[&r(c)], &x);
         }
-        x = max3(x, 2, 0);
+        x = e.max3(&x, 2, 0);
         for c in ["conv_3", "conv_4"] {
-            x = self.conv(&r(c), x);
+            x = e.conv(&self.convs[&r(c)], &x);
         }
-        x = max3(x, 2, 0);
+        x = e.max3(&x, 2, 0);
         for k in 0..11 {
             let name = if k == 0 {
                 r("mixed")
             } else {
                 r(&format!("mixed_{k}"))
             };
-            x = self.block(&name, x);
+            x = self.block(e, &name, &x);
         }
+        x
+    }
+
+    /// Pool3 features `[B, 2048]` of network inputs `[B, 3, 299, 299]` (already scaled), on
+    /// burn's tensors.
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
+        let x = self.trunk(
+            &TensorEngine {
+                device: &self.device,
+            },
+            &x,
+        );
         let b = x.dims()[0];
         avg_pool2d(x, AvgPoolOptions::new([8, 8])).reshape([b, FEATURES])
     }
 
-    /// Features of images (rows in [−1, 1], grey or RGB) in batches of `batch`, through the
-    /// standard input pipeline ([`preprocess`]).
+    /// Pool3 features of one image's network input `[3, 299, 299]` (already scaled), on the
+    /// host kernels.
+    pub fn forward_host(&self, x: &[f32]) -> Vec<f32> {
+        self.trunk(&HostEngine, &Map::from_planes(x, 3, SIZE, SIZE))
+            .channel_means()
+    }
+
+    /// Features of images (rows in [−1, 1], grey or RGB) through the standard input pipeline
+    /// ([`preprocess`]). On the CPU the images run in parallel on the host kernels, one per
+    /// thread; on other devices `batch` images make one tensor pass.
     pub fn features(&self, images: &Points, shape: ImageShape, batch: usize) -> Result<Points> {
         if shape.channels != 1 && shape.channels != 3 {
             return Err(EmError::shape(
@@ -279,9 +421,16 @@ impl InceptionV3 {
                 format!("{} channels", shape.channels),
             ));
         }
+        if crate::backend::is_cpu(&self.device) {
+            let mut out = vec![0.0; images.len() * FEATURES];
+            out.par_chunks_mut(FEATURES).enumerate().for_each(|(i, f)| {
+                let x = preprocess(&images.slice_rows(i, i + 1), shape);
+                f.copy_from_slice(&self.forward_host(&x));
+            });
+            return Points::new(images.len(), FEATURES, out);
+        }
         let mut out = Vec::with_capacity(images.len() * FEATURES);
-        let mut s = 0;
-        while s < images.len() {
+        for s in (0..images.len()).step_by(batch.max(1)) {
             let e = (s + batch.max(1)).min(images.len());
             let x = preprocess(&images.slice_rows(s, e), shape);
             let f = self.forward(Tensor::from_data(
@@ -294,26 +443,9 @@ impl InceptionV3 {
                     .try_into_vec::<f32>()
                     .expect("f32 features"),
             );
-            s = e;
         }
         Points::new(images.len(), FEATURES, out)
     }
-}
-
-fn max3(x: Tensor<4>, stride: usize, pad: usize) -> Tensor<4> {
-    let mut o = MaxPoolOptions::new([3, 3]);
-    o.stride = [stride; 2];
-    o.padding = [(pad, pad); 2];
-    max_pool2d(x, o)
-}
-
-/// 3×3 average pool, stride 1, padding 1, padded cells not counted.
-fn avg3(x: Tensor<4>) -> Tensor<4> {
-    let mut o = AvgPoolOptions::new([3, 3]);
-    o.stride = [1, 1];
-    o.padding = [(1, 1); 2];
-    o.count_include_pad = false;
-    avg_pool2d(x, o)
 }
 
 /// The network input of images in [−1, 1]: quantised to bytes 0..255 (as when samples are

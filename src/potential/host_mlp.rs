@@ -108,7 +108,7 @@ fn transpose(src: &[f32], r: usize, c: usize, dst: &mut [f32]) {
 }
 
 /// A matrix operand: its values and its (row, column) strides.
-pub(super) type Strided<'a> = (&'a [f32], (usize, usize));
+pub(crate) type Strided<'a> = (&'a [f32], (usize, usize));
 
 /// The (row, column) strides of a row-major `[r×c]` operand, or of its transpose when
 /// stored `[c×r]`.
@@ -123,7 +123,7 @@ fn row_major_strides(transposed: bool, r: usize, c: usize) -> (usize, usize) {
 /// `dst[n×m] (+)= a[n×k] · b[k×m]` with every operand's (row, column) strides given (a
 /// block of columns of a wider matrix, a transposed view); `accumulate` adds to `dst`.
 /// Panics unless each slice holds its operand.
-pub(super) fn gemm_strided(
+pub(crate) fn gemm_strided(
     (dst, (dst_rs, dst_cs)): (&mut [f32], (usize, usize)),
     (a, (a_rs, a_cs)): Strided,
     (b, (b_rs, b_cs)): Strided,

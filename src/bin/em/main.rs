@@ -132,7 +132,7 @@ struct FidArgs {
     /// Write the 2048-d features of --images here (.npy).
     #[arg(long)]
     features_out: Option<PathBuf>,
-    /// Images per forward pass.
+    /// Images per tensor pass on a GPU device (`--device`); the CPU runs one image per thread.
     #[arg(long, default_value_t = 25)]
     batch: usize,
 }
