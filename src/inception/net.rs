@@ -468,9 +468,10 @@ pub fn preprocess(images: &Points, shape: ImageShape) -> Vec<f32> {
     let (ty, tx) = (taps(h), taps(w));
     let mut out = Vec::with_capacity(images.len() * 3 * SIZE * SIZE);
     for row in images.rows() {
-        for c in 0..3 {
-            let src = if shape.channels == 1 { 0 } else { c * plane };
-            let px = |y: usize, x: usize| unit_to_byte(row[src + y * w + x]) as f32;
+        let bytes: Vec<f32> = row.iter().map(|v| unit_to_byte(*v) as f32).collect();
+        let first = out.len();
+        for c in 0..shape.channels {
+            let px = |y: usize, x: usize| bytes[c * plane + y * w + x];
             for &(y0, y1, fy) in &ty {
                 for &(x0, x1, fx) in &tx {
                     let top = px(y0, x0) * (1.0 - fx) + px(y0, x1) * fx;
@@ -482,6 +483,10 @@ pub fn preprocess(images: &Points, shape: ImageShape) -> Vec<f32> {
                     );
                 }
             }
+        }
+        // grey is replicated to the three channels
+        for _ in shape.channels..3 {
+            out.extend_from_within(first..first + SIZE * SIZE);
         }
     }
     out
@@ -516,6 +521,30 @@ mod tests {
         // grey is replicated to the three channels
         for c in 1..3 {
             assert_eq!(at(c, 150, 77), at(0, 150, 77));
+        }
+    }
+
+    #[test]
+    fn preprocessing_keeps_each_rgb_channel_in_its_own_plane() {
+        let shape = ImageShape {
+            channels: 3,
+            height: 1,
+            width: 2,
+        };
+        // channel planes [10, 20], [100, 110], [200, 250]
+        let bytes = [10u8, 20, 100, 110, 200, 250];
+        let img = Points::new(1, 6, bytes.map(byte_to_unit).to_vec()).unwrap();
+        let x = preprocess(&img, shape);
+        for c in 0..3 {
+            let (left, right) = (x[c * SIZE * SIZE], x[c * SIZE * SIZE + SIZE - 1]);
+            assert!(
+                (left - (bytes[2 * c] as f32 / 128.0 - 1.0)).abs() < 1e-6,
+                "channel {c}"
+            );
+            assert!(
+                (right - (bytes[2 * c + 1] as f32 / 128.0 - 1.0)).abs() < 1e-6,
+                "channel {c}"
+            );
         }
     }
 
