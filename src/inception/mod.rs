@@ -16,17 +16,24 @@ use crate::{EmError, Points, Result};
 /// Images per tensor pass of the feature extractor on a GPU device.
 pub const BATCH: usize = 25;
 
-/// Gaussian statistics of the Inception features of `images`.
+/// Gaussian statistics of the Inception features of `images`; `progress` as in
+/// [`net::InceptionV3::features`].
 pub fn feature_stats(
     net: &net::InceptionV3,
     images: &Points,
     shape: ImageShape,
+    progress: &(dyn Fn(usize) + Sync),
 ) -> Result<GaussianStats> {
-    GaussianStats::of(&net.features(images, shape, BATCH)?)
+    GaussianStats::of(&net.features(images, shape, BATCH, progress)?)
 }
 
-/// Reference statistics: a `.safetensors` statistics file, or the images of a dataset spec.
-pub fn reference_stats(net: &net::InceptionV3, reference: &str) -> Result<GaussianStats> {
+/// Reference statistics: a `.safetensors` statistics file, or the images of a dataset spec
+/// (`progress` is told of `(images done, images in all)` while their features run).
+pub fn reference_stats(
+    net: &net::InceptionV3,
+    reference: &str,
+    progress: &(dyn Fn(usize, usize) + Sync),
+) -> Result<GaussianStats> {
     if reference.ends_with(".safetensors") {
         return GaussianStats::load(Path::new(reference));
     }
@@ -37,14 +44,15 @@ pub fn reference_stats(net: &net::InceptionV3, reference: &str) -> Result<Gaussi
             reference,
         )
     })??;
-    feature_stats(net, &set.images, set.shape)
+    let total = set.images.len();
+    feature_stats(net, &set.images, set.shape, &|done| progress(done, total))
 }
 
 /// FID of `images` against `reference` (see [`reference_stats`]) with the weights at `weights`.
 pub fn fid(images: &Points, shape: ImageShape, weights: &Path, reference: &str) -> Result<f64> {
     let net = net::InceptionV3::load(weights, &crate::backend::compute())?;
-    let reference = reference_stats(&net, reference)?;
-    frechet_distance(&feature_stats(&net, images, shape)?, &reference)
+    let reference = reference_stats(&net, reference, &|_, _| {})?;
+    frechet_distance(&feature_stats(&net, images, shape, &|_| {})?, &reference)
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
 use burn::tensor::module::{avg_pool2d, conv2d, max_pool2d};
@@ -412,8 +413,15 @@ impl InceptionV3 {
 
     /// Features of images (rows in [−1, 1], grey or RGB) through the standard input pipeline
     /// ([`preprocess`]). On the CPU the images run in parallel on the host kernels, one per
-    /// thread; on other devices `batch` images make one tensor pass.
-    pub fn features(&self, images: &Points, shape: ImageShape, batch: usize) -> Result<Points> {
+    /// thread; on other devices `batch` images make one tensor pass. `progress` is called
+    /// (from any thread) with the number of images done so far.
+    pub fn features(
+        &self,
+        images: &Points,
+        shape: ImageShape,
+        batch: usize,
+        progress: &(dyn Fn(usize) + Sync),
+    ) -> Result<Points> {
         if shape.channels != 1 && shape.channels != 3 {
             return Err(EmError::shape(
                 "FID features",
@@ -423,9 +431,11 @@ impl InceptionV3 {
         }
         if crate::backend::is_cpu(&self.device) {
             let mut out = vec![0.0; images.len() * FEATURES];
+            let done = AtomicUsize::new(0);
             out.par_chunks_mut(FEATURES).enumerate().for_each(|(i, f)| {
                 let x = preprocess(&images.slice_rows(i, i + 1), shape);
                 f.copy_from_slice(&self.forward_host(&x));
+                progress(done.fetch_add(1, Ordering::Relaxed) + 1);
             });
             return Points::new(images.len(), FEATURES, out);
         }
@@ -443,6 +453,7 @@ impl InceptionV3 {
                     .try_into_vec::<f32>()
                     .expect("f32 features"),
             );
+            progress(e);
         }
         Points::new(images.len(), FEATURES, out)
     }

@@ -303,7 +303,7 @@ fn dispatch(cli: Cli) -> Result<()> {
         Command::Bench(a) => bench::run(a),
         Command::Data(a) => data(a),
         Command::FidWeights(a) => fid_weights(a),
-        Command::Fid(a) => fid(a),
+        Command::Fid(a) => fid(a, quiet),
         Command::ClassifierTrain(a) => classifier_train(a),
         Command::ClassifierScore(a) => classifier_score(a),
     }
@@ -426,7 +426,7 @@ fn image_rows(
     Ok((rows, shape))
 }
 
-fn fid(a: FidArgs) -> Result<()> {
+fn fid(a: FidArgs, quiet: bool) -> Result<()> {
     use energy_matching::inception::net::InceptionV3;
     use energy_matching::metrics::{frechet_distance, GaussianStats};
     let device = energy_matching::backend::compute();
@@ -438,8 +438,10 @@ fn fid(a: FidArgs) -> Result<()> {
     })?;
     let (rows, shape) = image_rows(&a.images, a.shape.as_deref(), a.n)?;
     let t = std::time::Instant::now();
-    let feats = net.features(&rows, shape, a.batch)?;
-    eprintln!(
+    let bar = progress::counter(quiet, rows.len(), &format!("features of {}", a.images));
+    let feats = net.features(&rows, shape, a.batch, &|done| bar.set(done))?;
+    drop(bar);
+    tracing::info!(
         "{}: {} images → features in {:.1} s",
         a.images,
         rows.len(),
@@ -454,7 +456,12 @@ fn fid(a: FidArgs) -> Result<()> {
     }
     let mut out = serde_json::json!({ "images": a.images, "count": stats.count });
     if let Some(r) = &a.reference {
-        let reference = energy_matching::inception::reference_stats(&net, r)?;
+        let bar = progress::counter(quiet, 0, &format!("features of {r}"));
+        let reference = energy_matching::inception::reference_stats(&net, r, &|done, total| {
+            bar.set_total(total);
+            bar.set(done);
+        })?;
+        drop(bar);
         out["reference"] = serde_json::json!(r);
         out["reference_count"] = serde_json::json!(reference.count);
         out["fid"] = serde_json::json!(frechet_distance(&stats, &reference)?);

@@ -117,3 +117,45 @@ impl Ui {
         }
     }
 }
+
+/// A bar counting items (images) that any thread may advance; hidden like [`Ui`]'s bars.
+pub struct Counter(Option<ProgressBar>);
+
+/// A [`Counter`] of `total` items labelled `what` (`total` may be set later).
+pub fn counter(quiet: bool, total: usize, what: &str) -> Counter {
+    if quiet || !std::io::stderr().is_terminal() {
+        return Counter(None);
+    }
+    let b = ProgressBar::new(total as u64);
+    b.set_style(
+        ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {msg} {pos}/{len} (eta {eta})")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    b.set_message(what.to_string());
+    Counter(Some(b))
+}
+
+impl Counter {
+    /// `done` items are finished.
+    pub fn set(&self, done: usize) {
+        if let Some(b) = &self.0 {
+            b.set_position(done as u64);
+        }
+    }
+
+    /// The number of items in all.
+    pub fn set_total(&self, total: usize) {
+        if let Some(b) = &self.0 {
+            b.set_length(total as u64);
+        }
+    }
+}
+
+impl Drop for Counter {
+    /// Clears the bar, also when the work failed.
+    fn drop(&mut self) {
+        if let Some(b) = &self.0 {
+            b.finish_and_clear();
+        }
+    }
+}
