@@ -106,7 +106,7 @@ pub(super) trait Engine {
     type Map;
     /// relu(conv(x, W') + b').
     fn conv(&self, conv: &ConvBn, x: &Self::Map) -> Self::Map;
-    /// 3×3 max pool with `stride` and zero-excluded padding `pad`.
+    /// 3×3 max pool with `stride` and padding `pad` (padded cells are never taps).
     fn max3(&self, x: &Self::Map, stride: usize, pad: usize) -> Self::Map;
     /// 3×3 average pool, stride 1, padding 1, padded cells not counted.
     fn avg3(&self, x: &Self::Map) -> Self::Map;
