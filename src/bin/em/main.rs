@@ -286,9 +286,21 @@ fn main() {
     let cli = Cli::parse();
     progress::init_tracing(cli.quiet);
     if let Err(e) = dispatch(cli) {
-        eprintln!("error: {e:#}");
+        eprintln!("error: {}", report(&e));
         std::process::exit(1);
     }
+}
+
+/// The error and its causes joined by ": ", each cause once: a library error that already
+/// prints its source (`EmError::Io`) does not get it repeated, as `{:#}` would.
+fn report(e: &anyhow::Error) -> String {
+    let mut message = e.to_string();
+    for cause in e.chain().skip(1).map(|c| c.to_string()) {
+        if !message.contains(&cause) {
+            message = format!("{message}: {cause}");
+        }
+    }
+    message
 }
 
 fn dispatch(cli: Cli) -> Result<()> {
