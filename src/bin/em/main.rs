@@ -520,7 +520,12 @@ fn classifier_train(a: ClassifierTrainArgs) -> Result<()> {
 
 fn classifier_score(a: ClassifierScoreArgs) -> Result<()> {
     use energy_matching::metrics::classifier::Classifier;
-    let c = Classifier::load(&a.weights)?;
+    let c = Classifier::load(&a.weights).with_context(|| {
+        format!(
+            "loading {} (make it with `em classifier-train`)",
+            a.weights.display()
+        )
+    })?;
     let (samples, _) = image_rows(&a.samples, a.shape.as_deref(), None)?;
     let (reference, _) = image_rows(&a.reference, a.shape.as_deref(), None)?;
     let score = c.score(&samples, &reference)?;
