@@ -302,15 +302,19 @@ mod tests {
         )
     }
 
+    /// A tensor's values in row-major order.
+    fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+        t.into_data()
+            .convert::<f32>()
+            .try_into_vec::<f32>()
+            .unwrap()
+    }
+
     /// Asserts that the host map equals burn's `[1, c, h, w]` map within `tol` of its scale.
     fn assert_same(host: &Map, burn: Tensor<4>, tol: f32, what: &str) {
         let [_, c, h, w] = burn.dims();
         assert_eq!((host.c, host.h, host.w), (c, h, w), "{what}: shape");
-        let want = burn
-            .into_data()
-            .convert::<f32>()
-            .try_into_vec::<f32>()
-            .unwrap();
+        let want = values(burn);
         let got = host.to_planes();
         let scale = want.iter().fold(1.0f32, |m, v| m.max(v.abs()));
         for (i, (g, e)) in got.iter().zip(&want).enumerate() {
@@ -336,22 +340,11 @@ mod tests {
         let scale = [1.0, 0.5, 2.0]; // 1/√(var + 0.001)
         let device = crate::backend::cpu();
         let (wt, bt) = conv.tensors(&device);
-        let wt = wt
-            .clone()
-            .into_data()
-            .convert::<f32>()
-            .try_into_vec::<f32>()
-            .unwrap();
-        for (i, (got, raw)) in wt.iter().zip(&w).enumerate() {
+        for (i, (got, raw)) in values(wt.clone()).iter().zip(&w).enumerate() {
             let want = raw * scale[i / (c_in * kh * kw)];
             assert!((got - want).abs() < 1e-5, "weight {i}: {got} vs {want}");
         }
-        let bt = bt
-            .clone()
-            .into_data()
-            .convert::<f32>()
-            .try_into_vec::<f32>()
-            .unwrap();
+        let bt = values(bt.clone());
         for o in 0..c_out {
             let want = beta[o] - mean[o] * scale[o];
             assert!((bt[o] - want).abs() < 1e-5, "bias {o}: {} vs {want}", bt[o]);
