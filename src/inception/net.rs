@@ -238,6 +238,7 @@ impl InceptionV3 {
         net.check_structure().map_err(bad)?;
         Ok(net)
     }
+
     /// A network of the given modules (tests build small blocks from parts).
     #[cfg(test)]
     pub(super) fn from_parts(
@@ -406,7 +407,7 @@ impl InceptionV3 {
 
     /// Pool3 features of one image's network input `[3, 299, 299]` (already scaled), on the
     /// host kernels.
-    pub fn forward_host(&self, x: &[f32]) -> Vec<f32> {
+    fn forward_host(&self, x: &[f32]) -> Vec<f32> {
         self.trunk(&HostEngine, &Map::from_planes(x, 3, SIZE, SIZE))
             .channel_means()
     }
