@@ -6,7 +6,7 @@
 //! network's structure and its burn twin, which the tests compare this with.
 
 use super::net::{ConvBn, Engine};
-use crate::potential::gemm_strided;
+use crate::potential::{gemm_strided, transpose};
 
 /// Most patch-matrix values of one im2col tile (1 MiB): large enough that gemm's packing of
 /// the weights is paid over many rows, small enough to stay in cache until gemm reads it.
@@ -29,24 +29,15 @@ impl Map {
     pub fn from_planes(planes: &[f32], c: usize, h: usize, w: usize) -> Self {
         assert_eq!(planes.len(), c * h * w, "expected {c}×{h}×{w} values");
         let mut data = vec![0.0; planes.len()];
-        for (ch, plane) in planes.chunks_exact(h * w).enumerate() {
-            for (p, v) in plane.iter().enumerate() {
-                data[p * c + ch] = *v;
-            }
-        }
+        transpose(planes, c, h * w, &mut data);
         Self { h, w, c, data }
     }
 
     /// The channel planes `[c, h, w]` of the map.
     #[cfg(test)]
     pub fn to_planes(&self) -> Vec<f32> {
-        let plane = self.h * self.w;
         let mut out = vec![0.0; self.data.len()];
-        for (p, pixel) in self.data.chunks_exact(self.c).enumerate() {
-            for (ch, v) in pixel.iter().enumerate() {
-                out[ch * plane + p] = *v;
-            }
-        }
+        transpose(&self.data, self.h * self.w, self.c, &mut out);
         out
     }
 

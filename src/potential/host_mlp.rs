@@ -94,7 +94,7 @@ const FEW_ROWS: usize = 64;
 const LARGE_WEIGHT: usize = 1 << 18;
 
 /// `dst[c×r] = src[r×c]ᵀ` (row-major), in 16 × 16 tiles.
-fn transpose(src: &[f32], r: usize, c: usize, dst: &mut [f32]) {
+pub(crate) fn transpose(src: &[f32], r: usize, c: usize, dst: &mut [f32]) {
     const TILE: usize = 16;
     for i0 in (0..r).step_by(TILE) {
         for j0 in (0..c).step_by(TILE) {

@@ -59,8 +59,8 @@ pub use host_backprop::{
     add_grads, Fused, FusedBackprop, RecordedBlock, Recording, Seeds, Streamed,
 };
 pub use host_conv::HostConv;
-pub(crate) use host_mlp::gemm_strided;
 pub use host_mlp::HostMlp;
+pub(crate) use host_mlp::{gemm_strided, transpose};
 pub use mlp::{Mlp, MlpConfig};
 pub use network::{ModelConfig, ModelKind, Network};
 pub use quadratic::Quadratic;

@@ -18,6 +18,20 @@ pub fn init_tracing(quiet: bool) {
         .try_init();
 }
 
+/// Whether bars are shown: not quiet, and stderr is a terminal.
+fn shown(quiet: bool) -> bool {
+    !quiet && std::io::stderr().is_terminal()
+}
+
+/// A bar of `total` steps drawn with `template` (indicatif's default if it does not parse).
+fn styled_bar(total: u64, template: &str) -> ProgressBar {
+    let b = ProgressBar::new(total);
+    b.set_style(
+        ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    b
+}
+
 /// Progress bars driven by [`RunEvent`]s.
 pub struct Ui {
     bar: Option<ProgressBar>,
@@ -29,7 +43,7 @@ impl Ui {
     pub fn new(quiet: bool) -> Self {
         Self {
             bar: None,
-            show: !quiet && std::io::stderr().is_terminal(),
+            show: shown(quiet),
         }
     }
 
@@ -46,11 +60,7 @@ impl Ui {
             if let Some(b) = self.bar.take() {
                 b.finish_and_clear();
             }
-            let b = ProgressBar::new(total);
-            b.set_style(
-                ProgressStyle::with_template(template)
-                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
-            );
+            let b = styled_bar(total, template);
             b.set_position(pos);
             self.bar = Some(b);
         }
@@ -123,13 +133,12 @@ pub struct Counter(Option<ProgressBar>);
 
 /// A [`Counter`] of `total` items labelled `what` (`total` may be set later).
 pub fn counter(quiet: bool, total: usize, what: &str) -> Counter {
-    if quiet || !std::io::stderr().is_terminal() {
+    if !shown(quiet) {
         return Counter(None);
     }
-    let b = ProgressBar::new(total as u64);
-    b.set_style(
-        ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {msg} {pos}/{len} (eta {eta})")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    let b = styled_bar(
+        total as u64,
+        "{elapsed_precise} [{bar:30}] {msg} {pos}/{len} (eta {eta})",
     );
     b.set_message(what.to_string());
     Counter(Some(b))
