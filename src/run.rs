@@ -51,6 +51,15 @@ pub enum RunEvent<'a> {
         /// Steps in total.
         total: u64,
     },
+    /// FID feature progress: images of `of` (the samples, or the reference) done of total.
+    Features {
+        /// Which images.
+        of: &'a str,
+        /// Images done.
+        done: u64,
+        /// Images in all (0 until known).
+        total: u64,
+    },
     /// A message worth showing.
     Note(String),
 }
@@ -349,6 +358,61 @@ pub fn eval_target(target: &DataSource, seed: u64, n: usize) -> Points {
     target.sample(n, &mut stream(seed, Purpose::Data, 1))
 }
 
+/// FID of a run's samples against `reference` (statistics of a dataset through the user's
+/// cache, [`crate::inception::StatsCache::user_default`]), reporting feature progress.
+fn run_fid(
+    samples: &Points,
+    shape: crate::data::ImageShape,
+    cfg: &RunConfig,
+    reference: &str,
+    events: &mut Events,
+) -> Result<f64> {
+    use crate::inception::{self, net::InceptionV3, StatsCache};
+    let net = InceptionV3::load(Path::new(&cfg.eval.fid_weights), &compute())?;
+    let ours = with_feature_events("samples", events, |progress| {
+        let total = samples.len();
+        inception::feature_stats(&net, samples, shape, &|done| progress(done, total))
+    })?;
+    let cache = StatsCache::user_default();
+    let (theirs, origin) = with_feature_events(reference, events, |progress| {
+        inception::reference_stats(&net, reference, cache.as_ref(), progress)
+    })?;
+    events(RunEvent::Note(format!(
+        "FID reference {reference}: {} images, statistics {origin}",
+        theirs.count
+    )));
+    metrics::frechet_distance(&ours, &theirs)
+}
+
+/// Runs `work` on a scoped thread while this one turns the `(done, total)` it reports (from
+/// any thread) into [`RunEvent::Features`] about `of`, five times a second.
+fn with_feature_events<T: Send>(
+    of: &str,
+    events: &mut Events,
+    work: impl FnOnce(&(dyn Fn(usize, usize) + Sync)) -> T + Send,
+) -> T {
+    let (done, total) = (AtomicU64::new(0), AtomicU64::new(0));
+    let report = |d: usize, t: usize| {
+        done.store(d as u64, Ordering::Relaxed);
+        total.store(t as u64, Ordering::Relaxed);
+    };
+    std::thread::scope(|s| {
+        let worker = s.spawn(|| work(&report));
+        while !worker.is_finished() {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            events(RunEvent::Features {
+                of,
+                done: done.load(Ordering::Relaxed),
+                total: total.load(Ordering::Relaxed),
+            });
+        }
+        match worker.join() {
+            Ok(out) => out,
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    })
+}
+
 /// The trajectories the plots show: for images 8 samples at ≈ 8 times (the time-evolution
 /// grid), otherwise 12 trajectories every 2 steps.
 pub fn plot_recorder(cfg: &RunConfig) -> TrajectoryRecorder {
@@ -409,12 +473,7 @@ pub fn evaluate_run(
         None
     };
     let fid = match (cfg.model.image_shape(), &cfg.eval.fid_reference) {
-        (Some(shape), Some(reference)) => Some(crate::inception::fid(
-            &samples,
-            shape,
-            Path::new(&cfg.eval.fid_weights),
-            reference,
-        )?),
+        (Some(shape), Some(reference)) => Some(run_fid(&samples, shape, cfg, reference, events)?),
         _ => None,
     };
     let report = EvalReport {
@@ -639,4 +698,43 @@ pub fn plot_curves(dir: &Path) -> Result<()> {
         )?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn feature_progress_reaches_the_events_and_the_result_comes_back() {
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let mut seen = Vec::new();
+        let mut events = |e: RunEvent| {
+            if let RunEvent::Features { of, done, total } = e {
+                if (done, total) == (5, 10) {
+                    // (the worker may be gone at a later event)
+                    let _ = tx.send(());
+                }
+                seen.push((of.to_string(), done, total));
+            }
+        };
+        let out = with_feature_events("the samples", &mut events, move |progress| {
+            progress(5, 10);
+            // returns only after the events saw the progress
+            rx.recv().unwrap();
+            42
+        });
+        assert_eq!(out, 42);
+        assert!(
+            seen.contains(&("the samples".to_string(), 5, 10)),
+            "{seen:?}"
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "feature pass failed")]
+    fn a_panic_in_the_work_reaches_the_caller() {
+        with_feature_events("x", &mut |_| {}, |_| -> () {
+            panic!("feature pass failed")
+        });
+    }
 }

@@ -103,6 +103,11 @@ impl TensorFile {
         }
     }
 
+    /// The SHA-256 of the whole file, in hex.
+    pub fn sha256(&self) -> String {
+        crate::inception::stats_cache::sha256_hex(&self.raw)
+    }
+
     /// Names of all tensors (in no particular order).
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.tensors.keys().map(String::as_str)

@@ -478,8 +478,18 @@ fn an_image_run_trains_a_conv_potential_and_writes_sample_grids() {
     ok(&["sample", "--run", s(&run), "--n", "5", "--out", s(&more)]);
     let again = energy_matching::data::read_points(&more).unwrap();
     assert_eq!((again.len(), again.dim()), (5, 36));
-    // these images have no labels: the classifier refuses them by name
+    // `em eval` compares with the whole image set; --fid names the weights it lacks
     let spec = format!("mnist:{}", s(d.path()));
+    let json = ok(&["eval", "--samples", s(&more), "--target", &spec]);
+    assert!(json.contains("\"n_target\": 24"), "{json}");
+    let no_weights = "/nonexistent/inception.safetensors";
+    let eval_fid = ["eval", "--samples", s(&more), "--target", &spec, "--fid"];
+    let err = fails(&[&eval_fid[..], &["--fid-weights", no_weights]].concat());
+    assert!(
+        err.contains(no_weights) && err.contains("fetch-inception.sh"),
+        "{err}"
+    );
+    // these images have no labels: the classifier refuses them by name
     let err = fails(&["classifier-train", "--train", &spec, "--test", &spec]);
     assert!(err.contains("labelled"), "{err}");
     // 8 sampling times = 8 panel columns, after training and after `em plot`

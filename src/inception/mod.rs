@@ -6,8 +6,11 @@ pub mod archive;
 mod host;
 pub mod net;
 pub mod pickle;
+pub mod stats_cache;
 
 use std::path::Path;
+
+pub use stats_cache::{StatsCache, StatsOrigin};
 
 use crate::data::ImageShape;
 use crate::metrics::{frechet_distance, GaussianStats};
@@ -27,15 +30,38 @@ pub fn feature_stats(
     GaussianStats::of(&net.features(images, shape, BATCH, progress)?)
 }
 
+/// [`feature_stats`] of reference images through `cache` (keyed by the weights and every
+/// pixel, see [`stats_cache`]): read when the same images went through the same network
+/// before, else computed and stored. Without a cache, computed.
+pub fn cached_feature_stats(
+    net: &net::InceptionV3,
+    images: &Points,
+    shape: ImageShape,
+    cache: Option<&StatsCache>,
+    progress: &(dyn Fn(usize) + Sync),
+) -> Result<(GaussianStats, StatsOrigin)> {
+    let compute = || feature_stats(net, images, shape, progress);
+    match cache {
+        Some(cache) => {
+            let key = stats_cache::stats_key(net.weights_sha256(), images, shape);
+            cache.get_or_compute(&key, compute)
+        }
+        None => Ok((compute()?, StatsOrigin::Computed(None))),
+    }
+}
+
 /// Reference statistics: a `.safetensors` statistics file, or the images of a dataset spec
-/// (`progress` is told of `(images done, images in all)` while their features run).
+/// (through `cache`, see [`cached_feature_stats`]; `progress` is told of `(images done,
+/// images in all)` while their features run).
 pub fn reference_stats(
     net: &net::InceptionV3,
     reference: &str,
+    cache: Option<&StatsCache>,
     progress: &(dyn Fn(usize, usize) + Sync),
-) -> Result<GaussianStats> {
+) -> Result<(GaussianStats, StatsOrigin)> {
     if reference.ends_with(".safetensors") {
-        return GaussianStats::load(Path::new(reference));
+        let path = Path::new(reference);
+        return Ok((GaussianStats::load(path)?, StatsOrigin::File(path.into())));
     }
     let set = crate::data::images::from_spec(reference).ok_or_else(|| {
         EmError::invalid(
@@ -45,13 +71,21 @@ pub fn reference_stats(
         )
     })??;
     let total = set.images.len();
-    feature_stats(net, &set.images, set.shape, &|done| progress(done, total))
+    cached_feature_stats(net, &set.images, set.shape, cache, &|done| {
+        progress(done, total)
+    })
 }
 
 /// FID of `images` against `reference` (see [`reference_stats`]) with the weights at `weights`.
-pub fn fid(images: &Points, shape: ImageShape, weights: &Path, reference: &str) -> Result<f64> {
+pub fn fid(
+    images: &Points,
+    shape: ImageShape,
+    weights: &Path,
+    reference: &str,
+    cache: Option<&StatsCache>,
+) -> Result<f64> {
     let net = net::InceptionV3::load(weights, &crate::backend::compute())?;
-    let reference = reference_stats(&net, reference, &|_, _| {})?;
+    let (reference, _) = reference_stats(&net, reference, cache, &|_, _| {})?;
     frechet_distance(&feature_stats(&net, images, shape, &|_| {})?, &reference)
 }
 
@@ -72,6 +106,7 @@ mod tests {
             shape,
             Path::new("/nonexistent/w.safetensors"),
             "x.safetensors",
+            None,
         )
         .unwrap_err()
         .to_string();

@@ -154,6 +154,8 @@ pub struct InceptionV3 {
     children: HashMap<String, Vec<String>>,
     classes: HashMap<String, String>,
     device: Device,
+    /// SHA-256 of the weights file.
+    weights_sha256: String,
 }
 
 const ROOT: &str = "net.layers";
@@ -228,6 +230,7 @@ impl InceptionV3 {
             children,
             classes: strip("class."),
             device: device.clone(),
+            weights_sha256: file.sha256(),
         };
         if net.convs.len() != 94 {
             return Err(bad(format!(
@@ -251,6 +254,7 @@ impl InceptionV3 {
             children,
             classes,
             device: crate::backend::cpu(),
+            weights_sha256: String::new(),
         }
     }
 
@@ -412,6 +416,11 @@ impl InceptionV3 {
             .channel_means()
     }
 
+    /// The SHA-256 of the weights file this network was loaded from (hex).
+    pub fn weights_sha256(&self) -> &str {
+        &self.weights_sha256
+    }
+
     /// Features of images (rows in [−1, 1], grey or RGB) through the standard input pipeline
     /// ([`preprocess`]). On the CPU the images run in parallel on the host kernels, one per
     /// thread; on other devices `batch` images make one tensor pass. `progress` is called
@@ -562,12 +571,7 @@ mod tests {
 
     #[test]
     fn a_network_without_the_inception_modules_is_refused_by_name() {
-        let mut net = InceptionV3 {
-            convs: HashMap::new(),
-            children: HashMap::new(),
-            classes: HashMap::new(),
-            device: crate::backend::cpu(),
-        };
+        let mut net = InceptionV3::from_parts(HashMap::new(), HashMap::new(), HashMap::new());
         let err = net.check_structure().unwrap_err();
         assert!(
             err.contains("Inception block at `net.layers.mixed`"),

@@ -115,20 +115,24 @@ fn sym_eigen(m: &Mat<f64>, what: &str) -> Result<(Vec<f64>, Mat<f64>)> {
     Ok((values, e.U().to_owned()))
 }
 
-/// tr (A B)^{1/2} for symmetric positive semi-definite A and B.
+/// tr (A B)^{1/2} for symmetric positive semi-definite A and B: with A = U Λ Uᵀ, the
+/// eigenvalues of A B are those of Λ^{1/2} (Uᵀ B U) Λ^{1/2}, which is symmetric, so that one
+/// decomposition with eigenvectors, two products and one without eigenvectors give it.
 pub fn trace_sqrt_product(a: &Mat<f64>, b: &Mat<f64>) -> Result<f64> {
     let (la, u) = sym_eigen(a, "covariance")?;
-    let d = a.nrows();
-    let root = Mat::<f64>::from_fn(
-        d,
-        d,
-        |i, j| if i == j { la[i].max(0.0).sqrt() } else { 0.0 },
-    );
-    let s = &u * &root * u.transpose();
-    let m = &s * b * &s;
-    // symmetrise the round-off before the second decomposition
-    let m = Mat::<f64>::from_fn(d, d, |i, j| 0.5 * (m[(i, j)] + m[(j, i)]));
-    let (lm, _) = sym_eigen(&m, "product of covariances")?;
+    let root: Vec<f64> = la.iter().map(|l| l.max(0.0).sqrt()).collect();
+    let rotated = u.transpose() * b * &u;
+    // scaled on both sides, with the round-off symmetrised before the second decomposition
+    let m = Mat::<f64>::from_fn(a.nrows(), a.nrows(), |i, j| {
+        0.5 * root[i] * root[j] * (rotated[(i, j)] + rotated[(j, i)])
+    });
+    let lm = m.self_adjoint_eigenvalues(Side::Lower).map_err(|e| {
+        EmError::invalid(
+            "product of covariances",
+            "a convergent symmetric eigendecomposition",
+            format!("{e:?}"),
+        )
+    })?;
     Ok(lm.iter().map(|&l| l.max(0.0).sqrt()).sum())
 }
 

