@@ -65,7 +65,8 @@ pub struct FidArgs {
     /// Weights from `em fid-weights`.
     #[arg(long, default_value = "data/inception-2015-12-05.safetensors")]
     weights: PathBuf,
-    /// Reference: statistics (.safetensors from --stats-out) or another image set.
+    /// Reference: statistics (.safetensors from --stats-out), or another image set (a dataset
+    /// spec or samples file, whose statistics are cached: see --no-cache).
     #[arg(long = "ref")]
     reference: Option<String>,
     /// Write the statistics of --images here (a reference for later runs).
@@ -109,6 +110,7 @@ pub struct DataArgs {
     n: usize,
 }
 
+/// `em data`: a dataset's count, shape, labels and value range as JSON, and a PNG grid.
 pub fn data(a: DataArgs) -> Result<()> {
     let set = energy_matching::data::images::from_spec(&a.spec).with_context(|| {
         format!(
@@ -148,6 +150,7 @@ pub fn data(a: DataArgs) -> Result<()> {
     Ok(())
 }
 
+/// `em fid-weights`: the TorchScript archive's weights as safetensors.
 pub fn fid_weights(a: FidWeightsArgs) -> Result<()> {
     let archive = energy_matching::inception::archive::read(&a.from)?;
     let params: usize = archive.tensors.values().map(|t| t.data.len()).sum();
@@ -165,7 +168,7 @@ pub fn fid_weights(a: FidWeightsArgs) -> Result<()> {
 }
 
 /// Images of a dataset spec or a samples file, with their shape.
-pub fn image_rows(
+fn image_rows(
     spec: &str,
     shape: Option<&str>,
     n: Option<usize>,
@@ -226,6 +229,7 @@ pub fn image_rows(
     Ok((rows, shape))
 }
 
+/// `em fid`: features and statistics of a set of images, and their FID to a reference.
 pub fn fid(a: FidArgs, quiet: bool) -> Result<()> {
     let net = inception_net(&a.weights)?;
     let (rows, shape) = image_rows(&a.images, a.shape.as_deref(), a.n)?;
@@ -320,6 +324,7 @@ fn image_set_stats(
     Ok(stats)
 }
 
+/// `em classifier-train`: trains, saves and reports the test accuracy.
 pub fn classifier_train(a: ClassifierTrainArgs) -> Result<()> {
     use energy_matching::data::images;
     use energy_matching::metrics::classifier::ClassifierConfig;
@@ -366,6 +371,7 @@ fn load_classifier(weights: &Path) -> Result<Classifier> {
     })
 }
 
+/// `em classifier-score`: the classifier's score of samples against reference images.
 pub fn classifier_score(a: ClassifierScoreArgs) -> Result<()> {
     let c = load_classifier(&a.weights)?;
     let (samples, _) = image_rows(&a.samples, a.shape.as_deref(), None)?;
