@@ -5,7 +5,7 @@
 //! another key. Entries are the `.safetensors` files of [`GaussianStats::save`] (mean and
 //! covariance in f64, ≈ 32 MB for 2048-d features), written atomically.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use sha2::{Digest, Sha256};
 
@@ -65,11 +65,6 @@ impl StatsCache {
             _ => dirs::cache_dir()?.join("energy-matching"),
         };
         Some(Self::new(root.join("fid-stats")))
-    }
-
-    /// The cache directory.
-    pub fn dir(&self) -> &Path {
-        &self.dir
     }
 
     /// The entry for `key`.

@@ -102,10 +102,15 @@ fn gram_tiles(p: &Points) -> Vec<(Mat<f64>, Vec<f64>)> {
         .collect()
 }
 
+/// Mean f(‖aᵢ − bⱼ‖²) over all pairs (`b = None`: `a` with itself), by [`pairwise_sum`].
+fn pairwise_mean(a: &Points, b: Option<&Points>, f: &(dyn Fn(f64) -> f64 + Sync)) -> f64 {
+    let m = b.map_or(a.len(), Points::len);
+    pairwise_sum(a, b, f) / (a.len() as f64 * m as f64)
+}
+
 /// Mean ‖aᵢ − bⱼ‖ over all pairs (`b = None`: `a` with itself).
 fn mean_pairwise_distance(a: &Points, b: Option<&Points>) -> f64 {
-    let m = b.map_or(a.len(), Points::len);
-    pairwise_sum(a, b, &f64::sqrt) / (a.len() as f64 * m as f64)
+    pairwise_mean(a, b, &f64::sqrt)
 }
 
 /// Squared energy distance (V-statistics, all pairs).
@@ -187,10 +192,7 @@ pub fn median_distance(x: &Points, y: &Points) -> f64 {
 pub fn mmd_rbf_sq(x: &Points, y: &Points, h: f64) -> f64 {
     let g = 1.0 / (2.0 * h * h);
     let kernel = |d2: f64| (-g * d2).exp();
-    let k = |a: &Points, b: Option<&Points>| {
-        let m = b.map_or(a.len(), Points::len);
-        pairwise_sum(a, b, &kernel) / (a.len() as f64 * m as f64)
-    };
+    let k = |a: &Points, b: Option<&Points>| pairwise_mean(a, b, &kernel);
     k(x, None) + k(y, None) - 2.0 * k(x, Some(y))
 }
 
