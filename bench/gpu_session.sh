@@ -10,10 +10,10 @@
 #
 # Knobs (environment): CONFIG (configs/mnist_unet_vit.toml), DEVICE (wgpu), BATCH (128, the
 # config's), BUDGET_S (whole script, 540: a device call may run 600 s), TRAIN_S (seconds of
-# training, 180), SAMPLE_S (seconds of sampling, 90), MAX_SAMPLES (5000), REPS (5), PYTHON
+# training, 180), SAMPLE_S (seconds of sampling, 90), MAX_SAMPLES (5000), REPS (5), BENCH_S (em bench's seconds, 28 % of BUDGET_S), TORCH (1; 0 skips PyTorch), PYTHON
 # (python3), TRAIN_SETS (more `key=value` overrides for `em train`, space-separated). Every stage's time limit is cut to what is left of BUDGET_S, and training to what
 # leaves room for sampling.
-# Under $OUT it leaves 6 files: summary.md (both benchmark tables, the training and sampling
+# Under $OUT it leaves 7 files: gpu-use.csv (utilisation every 5 s), summary.md (both benchmark tables, the training and sampling
 # figures, the MNIST classifier score), session.log, metrics.jsonl, samples.npy (at most 5,000:
 # a returned file must stay under 16 MiB), samples.png, and the final checkpoint's JSON sidecar
 # (its 30 MB of weights stay on the machine). Compute FID afterwards on any machine with
@@ -45,7 +45,8 @@ cap() { local left=$((BUDGET_S - ($(date +%s) - started) - ${2:-0}))
 stage() { echo "== $* ($(date +%T))" | tee -a "$log"; }
 
 # --- the machine: Vulkan loader, the NVIDIA driver's ICD, the binary, the data -------------------
-if ls gpu/debs/*.deb >/dev/null 2>&1 && ! ldconfig -p | grep -q libvulkan.so.1; then
+# (the NVIDIA ICD, libGLX_nvidia, needs glvnd's libGLdispatch: the image has neither loader)
+if ls gpu/debs/*.deb >/dev/null 2>&1; then
     for f in gpu/debs/*.deb; do dpkg -x "$f" /; done
     ldconfig
 fi
@@ -55,6 +56,7 @@ for icd in /usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json /usr/share/vulka
     fi
 done
 export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp}"
+{ ldconfig -p | grep -E 'libvulkan|GLdispatch|GLX_nvidia|nvidia-glvk'; cat "${VK_DRIVER_FILES:-/dev/null}"; } >>"$log" 2>&1
 em="$work/em"
 if [ -f gpu/em.gz ]; then gunzip -c gpu/em.gz >"$em"; else cp "${EM:-target/release/em}" "$em"; fi
 chmod +x "$em"
@@ -68,9 +70,14 @@ card="$(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noh
 say "- card: $card; \`em --device $DEVICE\`; batch $BATCH; $(nproc) CPU threads"
 say "- Vulkan ICD: ${VK_DRIVER_FILES:-${VK_ICD_FILENAMES:-loader default}}"
 
+# GPU use every 5 s, so the log shows that the work ran on the card (and how busy it kept it)
+nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used,power.draw --format=csv -l 5 \
+    >"$OUT/gpu-use.csv" 2>>"$log" &
+smi=$!
+
 # --- 1. em's benchmark rows on the GPU backend ---------------------------------------------------
 stage "em bench"
-timeout "$(cap $((BUDGET_S * 28 / 100)) $((BUDGET_S * 55 / 100)))" "$em" --quiet --device "$DEVICE" bench --net "$CONFIG" --batch "$BATCH" --reps "$REPS" \
+timeout "$(cap "${BENCH_S:-$((BUDGET_S * 28 / 100))}" $((BUDGET_S * 45 / 100)))" "$em" --quiet --device "$DEVICE" bench --net "$CONFIG" --batch "$BATCH" --reps "$REPS" \
     --phase2-reps 1 >"$work/em_bench.md" 2>>"$log"
 echo "em bench exit $?" >>"$log"
 say ""
@@ -84,13 +91,21 @@ rate="$(row 'images/s')"
 fits() { awk -v r="${rate:-0}" -v s="$1" -v m="$MAX_SAMPLES" 'BEGIN {
     n = int(r * s); if (n < 16) n = 16; if (n > m) n = m; print n }'; }
 
+# a phase-2 step the bench did not reach: estimated as 25 phase-1 steps (75 Langevin ∇V + 1 step)
+if [ -n "$p1_ms" ] && [ -z "$p2_ms" ]; then
+    p2_ms="$(awk -v a="$p1_ms" 'BEGIN { print 25 * a }')"
+    say "- phase-2 step not measured in time; estimated as 25 phase-1 steps: $p2_ms ms"
+fi
+
 # --- 2. the PyTorch twin on CUDA, same network and batch -----------------------------------------
+if [ "${TORCH:-1}" = 1 ]; then
 stage "torch bench"
 say ""
 say "## PyTorch (cuda)"
 timeout "$(cap $((BUDGET_S * 22 / 100)) $((BUDGET_S * 45 / 100)))" "$PYTHON" bench/torch_unet_vit.py bench --net mnist --batch "$BATCH" --reps "$REPS" \
     --phase2-reps 1 --device cuda >>"$summary" 2>>"$log"
 echo "torch bench exit $?" >>"$log"
+fi
 
 # --- 3. train for about TRAIN_S seconds: 3/4 phase 1, 1/4 phase 2 --------------------------------
 if [ -n "$p1_ms" ] && [ -n "$p2_ms" ]; then
@@ -139,5 +154,6 @@ else
     say ""
     say "no training: em bench gave no phase-1/phase-2 times (see session.log)"
 fi
+kill "$smi" 2>/dev/null
 stage "done"
 cat "$summary"

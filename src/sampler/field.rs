@@ -45,6 +45,23 @@ pub trait GradField: Sync {
     fn grad(&self, x: &[f32], n: usize, out: &mut [f32], scratch: &mut Scratch);
     /// V for each row into `out` (`n` values).
     fn energy(&self, x: &[f32], n: usize, out: &mut [f32], scratch: &mut Scratch);
+    /// Whether callers should split a set of rows into one block per thread (host code, the
+    /// default) or hand it over whole: a field on a GPU is launch-bound, and 16 blocks of 8
+    /// rows cost it about 16 times one block of 128.
+    fn splits_over_threads(&self) -> bool {
+        true
+    }
+}
+
+/// Rows per block when `n` rows are evaluated with `field`: one block per thread of the
+/// current rayon pool where the field splits over threads, else all of them.
+pub fn rows_per_block(field: &dyn GradField, n: usize) -> usize {
+    let blocks = if field.splits_over_threads() {
+        rayon::current_num_threads().max(1)
+    } else {
+        1
+    };
+    n.div_ceil(blocks).max(1)
 }
 
 /// Adapts a tensor [`Potential`] (any precision) to [`GradField`]. Blocks may run on several
@@ -103,5 +120,9 @@ impl GradField for TensorField<'_> {
 
     fn energy(&self, x: &[f32], n: usize, out: &mut [f32], _: &mut Scratch) {
         self.by_blocks(x, n, 1, out, |t| self.potential.energy(t));
+    }
+
+    fn splits_over_threads(&self) -> bool {
+        crate::backend::is_cpu(&self.potential.device())
     }
 }

@@ -10,7 +10,7 @@ mod energy_terms;
 mod field;
 
 pub use energy_terms::{EnergyTerm, QuadraticObservation};
-pub use field::{GradField, Scratch, TensorField};
+pub use field::{rows_per_block, GradField, Scratch, TensorField};
 
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::DataSource;
 use crate::rng::{fill_normal, stream, Purpose, Rng};
-use crate::sampler::{step, Drift, GradField, SamplerKind, Scratch};
+use crate::sampler::{rows_per_block, step, Drift, GradField, SamplerKind, Scratch};
 use crate::schedule::Schedule;
 use crate::{Points, Result};
 
@@ -104,8 +104,7 @@ pub fn generate(
         .sample(n_data, rng)
         .concat(&setup.source.sample(n - n_data, rng))?;
     let dim = init.dim();
-    let threads = rayon::current_num_threads().max(1);
-    let block = n.div_ceil(threads).max(1);
+    let block = rows_per_block(field, n);
     let mut x = init.into_vec();
     x.par_chunks_mut(block * dim)
         .enumerate()
@@ -155,6 +154,72 @@ pub fn generate(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::data::Toy;
+    use std::sync::Mutex;
+
+    /// V = ½|x|², recording how many rows each call saw; `whole` makes it ask for whole sets.
+    struct CountingQuadratic {
+        whole: bool,
+        calls: Mutex<Vec<usize>>,
+    }
+
+    impl GradField for CountingQuadratic {
+        fn dim(&self) -> usize {
+            3
+        }
+        fn grad(&self, x: &[f32], n: usize, out: &mut [f32], _: &mut Scratch) {
+            self.calls.lock().expect("lock").push(n);
+            out[..n * 3].copy_from_slice(&x[..n * 3]);
+        }
+        fn energy(&self, x: &[f32], n: usize, out: &mut [f32], _: &mut Scratch) {
+            for (e, r) in out.iter_mut().zip(x.chunks(3)).take(n) {
+                *e = 0.5 * r.iter().map(|v| v * v).sum::<f32>();
+            }
+        }
+        fn splits_over_threads(&self) -> bool {
+            !self.whole
+        }
+    }
+
+    /// A field that asks for whole sets (a GPU) gets every chain in one call per Langevin step
+    /// whatever the thread count, and the chains come out bit-identical to the split run's:
+    /// each chain has its own random stream.
+    #[test]
+    fn a_device_field_sees_all_chains_at_once_with_the_same_result() {
+        let data = DataSource::Toy(Toy::StandardNormal, 3);
+        let setup = ChainSetup {
+            target: &data,
+            source: &data,
+            seed: 7,
+            step: 3,
+        };
+        let cfg = NegativesConfig {
+            n_gibbs: 5,
+            ..NegativesConfig::default()
+        };
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(4)
+            .build()
+            .expect("pool");
+        let schedule = Schedule::new(1.0, 0.1).expect("schedule");
+        let run = |whole: bool| {
+            let field = CountingQuadratic {
+                whole,
+                calls: Mutex::new(Vec::new()),
+            };
+            let mut rng = stream(1, Purpose::TrainStep, 0);
+            let x = pool
+                .install(|| generate(&field, &schedule, &cfg, 64, &setup, &mut rng))
+                .expect("negatives");
+            (x.into_vec(), field.calls.into_inner().expect("lock"))
+        };
+        let (split, split_calls) = run(false);
+        let (whole, whole_calls) = run(true);
+        assert_eq!(split_calls.len(), 4 * 5);
+        assert!(split_calls.iter().all(|&n| n == 16), "{split_calls:?}");
+        assert_eq!(whole_calls, vec![64; 5]);
+        assert_eq!(split, whole);
+    }
 
     #[test]
     fn chain_times_follow_the_two_conventions() {

@@ -8,7 +8,7 @@ use std::time::Instant;
 use anyhow::Result;
 use clap::Args;
 
-use energy_matching::backend::{compute, from_points, is_cpu, Precision};
+use energy_matching::backend::{compute, from_points, Precision};
 use energy_matching::config::RunConfig;
 use energy_matching::coupling::{assignment, sq_euclidean_cost};
 use energy_matching::data::Toy;
@@ -16,7 +16,7 @@ use energy_matching::potential::{Model, Potential};
 use energy_matching::rng::{stream, Purpose};
 use energy_matching::run::trainer_for;
 use energy_matching::sampler::{
-    sample, step, Drift, SampleRequest, SamplerConfig, SamplerKind, Scratch,
+    rows_per_block, sample, step, Drift, SampleRequest, SamplerConfig, SamplerKind, Scratch,
 };
 use energy_matching::train::Trainer;
 use rayon::prelude::*;
@@ -72,19 +72,28 @@ pub fn run(a: BenchArgs) -> Result<()> {
         .threads
         .map(|t| t.to_string())
         .unwrap_or_else(|| "all".into());
-    let rows = match &a.net {
+    println!("| measurement (threads: {threads}) | value | unit |");
+    println!("|---|---:|---|");
+    match &a.net {
         Some(path) => net_rows(path, &a)?,
         None => toy_rows(&a)?,
     };
-    println!("| measurement (threads: {threads}) | value | unit |");
-    println!("|---|---:|---|");
-    for (name, v, unit) in rows {
-        println!("| {name} | {v:.3} | {unit} |");
-    }
     Ok(())
 }
 
-type Rows = Vec<(String, f64, String)>;
+/// The table's rows, each printed as soon as it is measured: a benchmark stopped by a time limit
+/// (a slow GPU backend, say) still leaves the rows it finished.
+struct Rows;
+
+impl Rows {
+    fn new() -> Self {
+        Rows
+    }
+
+    fn push(&mut self, (name, v, unit): (String, f64, String)) {
+        println!("| {name} | {v:.3} | {unit} |");
+    }
+}
 
 /// An image network from a run config: training steps through the real [`Trainer`] (data
 /// replaced by standard-normal draws of the same shape), ∇V, and the sampler.
@@ -126,12 +135,7 @@ fn net_rows(path: &std::path::Path, a: &BenchArgs) -> Result<Rows> {
     // on the CPU; on a GPU backend one block, so the device sees the whole batch at once
     let field = model.host_field()?;
     let dim = model.dim();
-    let threads = if is_cpu(&compute()) {
-        rayon::current_num_threads().max(1)
-    } else {
-        1
-    };
-    let block = a.batch.div_ceil(threads);
+    let block = rows_per_block(field.as_ref(), a.batch);
     let mut r = stream(3, Purpose::Eval, 0);
     let x = Toy::StandardNormal.sample(a.batch, dim, &mut r).into_vec();
     let ms = time_blocks(a.reps, &x, (dim, dim), block, |x, g, s| {
