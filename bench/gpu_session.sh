@@ -9,15 +9,17 @@
 #   OUT=/some/dir bash bench/gpu_session.sh
 #
 # Knobs (environment): CONFIG (configs/mnist_unet_vit.toml), DEVICE (wgpu), BATCH (128, the
-# config's), BUDGET_S (whole script, 540: a device call may run 600 s), TRAIN_S (seconds of
-# training, 180), SAMPLE_S (seconds of sampling, 90), MAX_SAMPLES (5000), REPS (5), BENCH_S (em bench's seconds, 28 % of BUDGET_S), TORCH (1; 0 skips PyTorch), PYTHON
-# (python3), TRAIN_SETS (more `key=value` overrides for `em train`, space-separated). Every stage's time limit is cut to what is left of BUDGET_S, and training to what
-# leaves room for sampling.
-# Under $OUT it leaves 7 files: gpu-use.csv (utilisation every 5 s), summary.md (both benchmark tables, the training and sampling
-# figures, the MNIST classifier score), session.log, metrics.jsonl, samples.npy (at most 5,000:
-# a returned file must stay under 16 MiB), samples.png, and the final checkpoint's JSON sidecar
-# (its 30 MB of weights stay on the machine). Compute FID afterwards on any machine with
-#   em fid --images OUT/samples.npy --ref data/mnist-test-stats.safetensors
+# config's), BUDGET_S (whole script, 540: a device call may run 600 s), BENCH_S (em bench's
+# seconds, 28 % of BUDGET_S), TORCH (1; 0 skips PyTorch), TRAIN_S (seconds of training, 180),
+# SAMPLE_S (seconds of sampling, 90), MAX_SAMPLES (5000), REPS (5), PYTHON (python3),
+# TRAIN_SETS (more `key=value` overrides for `em train`, space-separated). Every stage's time
+# limit is cut to what is left of BUDGET_S, and training to what leaves room for sampling.
+# Under $OUT it leaves 7 files: summary.md (both benchmark tables, the training and sampling
+# figures, the MNIST classifier score), session.log, gpu-use.csv (the card's utilisation, memory
+# and power every 5 s), metrics.jsonl, samples.npy (at most 5,000: a returned file must stay
+# under 16 MiB), samples.png, and the final checkpoint's JSON sidecar (its 30 MB of weights stay
+# on the machine). Compute FID afterwards on any machine with
+#   em fid --images OUT/samples.npy --ref mnist-test:data/mnist
 # Each stage has its own time limit, so a slow stage leaves the others' numbers.
 set -uo pipefail
 

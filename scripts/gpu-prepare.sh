@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Prepares gpu/ (git-ignored) for bench/gpu_session.sh on a GPU machine that cannot build or
 # download anything: `em` built here with `--features wgpu` (stripped and gzipped), MNIST as .gz
-# IDX files, the MNIST classifier's weights, and the Vulkan loader (Debian's libvulkan1 and glvnd .debs;
-# the NVIDIA driver brings its own Vulkan ICD). About 30 MB in all.
+# IDX files, the MNIST classifier's weights, and Debian's Vulkan loader (libvulkan1) and glvnd
+# libraries (the NVIDIA driver brings its own Vulkan ICD, libGLX_nvidia, which needs glvnd's
+# libGLdispatch). About 30 MB in all.
 # Usage: scripts/gpu-prepare.sh   (needs data/mnist from scripts/fetch-data.sh mnist; the build
 # uses CARGO_TARGET_DIR, default target/, and takes ≈ 16 min cold on 2 cores)
 set -euo pipefail
