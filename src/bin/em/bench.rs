@@ -81,23 +81,15 @@ pub fn run(a: BenchArgs) -> Result<()> {
     Ok(())
 }
 
-/// The table's rows, each printed as soon as it is measured: a benchmark stopped by a time limit
+/// Prints one row of the table as soon as it is measured: a benchmark stopped by a time limit
 /// (a slow GPU backend, say) still leaves the rows it finished.
-struct Rows;
-
-impl Rows {
-    fn new() -> Self {
-        Rows
-    }
-
-    fn push(&mut self, (name, v, unit): (String, f64, String)) {
-        println!("| {name} | {v:.3} | {unit} |");
-    }
+fn print_row(name: impl std::fmt::Display, v: f64, unit: &str) {
+    println!("| {name} | {v:.3} | {unit} |");
 }
 
 /// An image network from a run config: training steps through the real [`Trainer`] (data
 /// replaced by standard-normal draws of the same shape), ∇V, and the sampler.
-fn net_rows(path: &std::path::Path, a: &BenchArgs) -> Result<Rows> {
+fn net_rows(path: &std::path::Path, a: &BenchArgs) -> Result<()> {
     let b = a.batch.to_string();
     let cfg = RunConfig::load(
         Some(path),
@@ -113,23 +105,22 @@ fn net_rows(path: &std::path::Path, a: &BenchArgs) -> Result<Rows> {
         .map(|s| s.to_string_lossy())
         .unwrap_or_default();
     let what = format!("{name}, {} parameters, batch {b}", model.num_params());
-    let mut rows = Rows::new();
     let mut trainer = trainer_for(&cfg, Trainer::fresh_state(model.clone(), &cfg.optim))?;
     let ms = time_ms(a.reps, || {
         trainer.step().expect("benchmark step");
     });
-    rows.push((format!("phase-1 step ({what})"), ms, "ms".into()));
+    print_row(format!("phase-1 step ({what})"), ms, "ms");
     if a.phase2_reps > 0 {
         trainer.train.phase1_steps = 0;
         let ms = time_ms(a.phase2_reps, || {
             trainer.step().expect("benchmark step");
         });
         let gibbs = cfg.negatives.n_gibbs;
-        rows.push((
+        print_row(
             format!("phase-2 step (+ {gibbs} Langevin steps on {b} negatives)"),
             ms,
-            "ms".into(),
-        ));
+            "ms",
+        );
     }
     // ∇V as samplers and Langevin negatives evaluate it: the host field, one block per thread
     // on the CPU; on a GPU backend one block, so the device sees the whole batch at once
@@ -141,15 +132,11 @@ fn net_rows(path: &std::path::Path, a: &BenchArgs) -> Result<Rows> {
     let ms = time_blocks(a.reps, &x, (dim, dim), block, |x, g, s| {
         field.grad(x, x.len() / dim, g, s)
     });
-    rows.push((format!("∇V, batch {b}"), ms, "ms".into()));
+    print_row(format!("∇V, batch {b}"), ms, "ms");
     let ms = time_blocks(a.reps, &x, (dim, 1), block, |x, e, s| {
         field.energy(x, x.len() / dim, e, s)
     });
-    rows.push((
-        format!("V alone (forward pass), batch {b}"),
-        ms,
-        "ms".into(),
-    ));
+    print_row(format!("V alone (forward pass), batch {b}"), ms, "ms");
     let steps = 4;
     let sc = SamplerConfig {
         t_end: steps as f64 * cfg.sample.dt,
@@ -170,18 +157,18 @@ fn net_rows(path: &std::path::Path, a: &BenchArgs) -> Result<Rows> {
     let ms = time_ms(a.reps, || {
         std::hint::black_box(sample(&drift, &req, &|_, _, _, _| {}).expect("samples"));
     }) / steps as f64;
-    rows.push((
+    print_row(
         format!("sampler step ({:?}), batch {b}", cfg.sample.kind),
         ms,
-        "ms".into(),
-    ));
+        "ms",
+    );
     let full = cfg.sample.steps();
-    rows.push((
+    print_row(
         format!("  = images/s at T = {} ({full} steps)", cfg.sample.t_end),
         a.batch as f64 / (ms * full as f64) * 1e3,
-        "images/s".into(),
-    ));
-    Ok(rows)
+        "images/s",
+    );
+    Ok(())
 }
 
 /// Median milliseconds of `f(rows, out, scratch)` over the rows of `x` (`dim` values each,
@@ -203,8 +190,7 @@ fn time_blocks(
 }
 
 /// The toy tutorial: exact OT, MLP training steps, the fused sampler kernel.
-fn toy_rows(a: &BenchArgs) -> Result<Rows> {
-    let mut rows = Rows::new();
+fn toy_rows(a: &BenchArgs) -> Result<()> {
     for n in [128usize, 256, 1024] {
         let mut r = stream(1, Purpose::Eval, n as u64);
         let x0 = Toy::StandardNormal.sample(n, 2, &mut r);
@@ -214,11 +200,7 @@ fn toy_rows(a: &BenchArgs) -> Result<Rows> {
         let ms = time_ms(reps, || {
             std::hint::black_box(assignment::solve(&cost, n));
         });
-        rows.push((
-            format!("exact OT assignment, n = {n} (f32)"),
-            ms,
-            "ms".into(),
-        ));
+        print_row(format!("exact OT assignment, n = {n} (f32)"), ms, "ms");
     }
 
     let cfg = RunConfig::default();
@@ -231,20 +213,16 @@ fn toy_rows(a: &BenchArgs) -> Result<Rows> {
     let ms = time_ms(a.reps.max(50), || {
         trainer.step().expect("benchmark step");
     });
-    rows.push((
-        "phase-1 step (toy MLP, batch 128, exact OT)".into(),
-        ms,
-        "ms".into(),
-    ));
+    print_row("phase-1 step (toy MLP, batch 128, exact OT)", ms, "ms");
     trainer.train.phase1_steps = 0;
     let ms = time_ms(a.phase2_reps.max(1), || {
         trainer.step().expect("benchmark step");
     });
-    rows.push((
-        "phase-2 step (+ 200 Langevin steps on 128 negatives)".into(),
+    print_row(
+        "phase-2 step (+ 200 Langevin steps on 128 negatives)",
         ms,
-        "ms".into(),
-    ));
+        "ms",
+    );
 
     let field = model.host_field()?;
     let drift = Drift::new(field.as_ref());
@@ -269,16 +247,16 @@ fn toy_rows(a: &BenchArgs) -> Result<Rows> {
             );
             std::hint::black_box(&x);
         });
-        rows.push((
+        print_row(
             format!("sampler Euler–Maruyama step, batch {b} (one thread, fused f32 kernel)"),
             ms,
-            "ms".into(),
-        ));
-        rows.push((
+            "ms",
+        );
+        print_row(
             format!("  = sampler throughput, batch {b}"),
             b as f64 / ms * 1e3,
-            "point-steps/s".into(),
-        ));
+            "point-steps/s",
+        );
         let xt = from_points(
             &Toy::EightGaussians.sample(b, 2, &mut r),
             &compute(),
@@ -289,11 +267,11 @@ fn toy_rows(a: &BenchArgs) -> Result<Rows> {
                 energy_matching::backend::to_points(model.grad(xt.clone())).expect("points"),
             );
         });
-        rows.push((
+        print_row(
             format!("∇V on burn tensors (reference path), batch {b}"),
             ms,
-            "ms".into(),
-        ));
+            "ms",
+        );
     }
 
     // the sampler as `em sample` runs it: 1,024 points, 100 steps, blocks of 256 in parallel
@@ -313,10 +291,10 @@ fn toy_rows(a: &BenchArgs) -> Result<Rows> {
     let ms = time_ms(a.reps.min(5), || {
         std::hint::black_box(sample(&drift, &req, &|_, _, _, _| {}).expect("samples"));
     });
-    rows.push((
-        "sampler throughput, `em sample` (n = 1024, 100 steps, parallel blocks)".into(),
+    print_row(
+        "sampler throughput, `em sample` (n = 1024, 100 steps, parallel blocks)",
         1024.0 * 100.0 / ms * 1e3,
-        "point-steps/s".into(),
-    ));
-    Ok(rows)
+        "point-steps/s",
+    );
+    Ok(())
 }
